@@ -1,0 +1,370 @@
+"""Configuration: the typed schema, composing conf/ into params.yaml, and loading params + overrides.
+
+`python -m hatetune.config compose` rewrites params.yaml from conf/ (what `dvc exp run` also does);
+`python -m hatetune.config check` fails when params.yaml and the composition of conf/ have drifted apart.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError, exit_on_error
+
+GROUPS = ("task", "model", "lora", "train", "eval", "carbon", "experiment")
+TASKS = ("dynahate", "mhs", "stophate")
+PARAMS_FILE = "params.yaml"
+
+
+# ----------------------------------------------------------------------------------------------- schema
+@dataclass
+class SourceConf:
+    name: str = MISSING  # folder name under the offline mirror
+    kind: str = MISSING  # https | hub | local
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    filename: Optional[str] = None
+    repo_id: Optional[str] = None
+    revision: Optional[str] = None
+    hub_split: Optional[str] = None
+    path: Optional[str] = None
+
+
+@dataclass
+class BinningConf:
+    score_column: str = "hate_speech_score"
+    supportive_below: float = -1.0
+    hate_above: float = 0.5
+
+
+@dataclass
+class LabelsConf:
+    names: List[str] = MISSING
+    map: Optional[Dict[str, str]] = None
+    binning: Optional[BinningConf] = None
+
+
+@dataclass
+class SplitConf:
+    strategy: str = "auto"  # upstream | auto | grouped | legacy_row_split
+    fractions: Dict[str, float] = field(default_factory=lambda: {"train": 0.8, "dev": 0.1, "test": 0.1})
+    legacy_rows: Optional[int] = None
+    legacy_test_size: Optional[float] = None
+
+
+@dataclass
+class PromptConf:
+    format: str = "chat"  # chat | raw
+    instruction: str = MISSING
+    system: str = ""
+    template: Optional[str] = None
+
+
+@dataclass
+class TaskConf:
+    name: str = MISSING
+    source: SourceConf = MISSING
+    labels: LabelsConf = MISSING
+    split: SplitConf = field(default_factory=SplitConf)
+    prompt: PromptConf = MISSING
+    parser: str = MISSING
+
+
+@dataclass
+class QuantizationConf:
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    quant_storage: str = "uint8"
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+    hub_id: str = MISSING
+    revision: str = "main"
+    mirror_name: Optional[str] = None
+    gguf_file: Optional[str] = None
+    trust_remote_code: bool = False
+    quantization: QuantizationConf = field(default_factory=QuantizationConf)
+
+
+@dataclass
+class LoraConf:
+    r: int = 8
+    alpha: Optional[float] = None  # null = 2 x r
+    dropout: float = 0.05
+    bias: str = "none"
+    target_modules: Any = "all-linear"  # "all-linear" or a list of module names
+
+
+@dataclass
+class TrainConf:
+    cutoff_len: int = 256
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    scheduler: str = "cosine"
+    warmup: float = 0.1
+    epochs: float = 1.0
+    max_steps: Optional[int] = None
+    optimizer: str = "adamw_torch"
+    weight_decay: float = 0.0
+    precision: str = "bf16"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    loss_on: str = "completion"
+    logging_steps: int = 5
+    save_steps: int = 20
+    nproc: int = 1
+
+
+@dataclass
+class EvalConf:
+    mode: str = "greedy"
+    max_new_tokens: int = 4
+    batch_size: int = 16
+    splits: List[str] = field(default_factory=lambda: ["test"])
+    unquantized_base: bool = False
+
+
+@dataclass
+class CarbonConf:
+    country_iso_code: str = "USA"
+    device: str = "laptop CPU"
+    device_power_w: float = 15.0
+    pue: float = 1.0
+    carbon_intensity_kg_per_kwh: float = 0.432
+    hours: Optional[float] = None
+
+
+@dataclass
+class DownloadConf:
+    mirror: Optional[str] = None
+    retries: int = 3
+    timeout_s: float = 60.0
+
+
+@dataclass
+class DataConf:
+    max_examples: Dict[str, Optional[int]] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    download: DownloadConf = field(default_factory=DownloadConf)
+    data: DataConf = field(default_factory=DataConf)
+    task: TaskConf = MISSING
+    model: ModelConf = MISSING
+    lora: LoraConf = field(default_factory=LoraConf)
+    train: TrainConf = field(default_factory=TrainConf)
+    eval: EvalConf = field(default_factory=EvalConf)
+    carbon: CarbonConf = field(default_factory=CarbonConf)
+
+
+# -------------------------------------------------------------------------------------------- validation
+def _one_of(key: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{value!r} is not one of {', '.join(map(str, allowed))}", field=key)
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}", field=key)
+
+
+def _check_rules(cfg: DictConfig) -> None:
+    """Rules a type cannot express. Each failure names the key."""
+    task = cfg.task
+    _one_of("task.name", task.name, TASKS)
+    _one_of("task.source.kind", task.source.kind, ("https", "hub", "local"))
+    needs = {"https": "url", "hub": "repo_id", "local": "path"}[task.source.kind]
+    if not task.source[needs]:
+        raise ConfigError(f"a {task.source.kind} source needs task.source.{needs}", field=f"task.source.{needs}")
+    if task.source.kind == "hub" and not task.source.revision:
+        raise ConfigError("pin a Hub dataset to a revision (commit sha or tag)", field="task.source.revision")
+    if not task.labels.names:
+        raise ConfigError("the label set is empty", field="task.labels.names")
+    if task.labels.binning is not None:
+        b = task.labels.binning
+        if not b.supportive_below < b.hate_above:
+            raise ConfigError(f"thresholds in the wrong order: supportive_below ({b.supportive_below}) must be "
+                              f"< hate_above ({b.hate_above})", field="task.labels.binning")
+    elif not task.labels.map:
+        raise ConfigError("a task needs either labels.map or labels.binning", field="task.labels")
+    else:
+        for raw, canonical in task.labels.map.items():
+            if canonical not in task.labels.names:
+                raise ConfigError(f"maps {raw!r} to {canonical!r}, which is not in task.labels.names",
+                                  field=f"task.labels.map.{raw}")
+    split = task.split
+    _one_of("task.split.strategy", split.strategy, ("upstream", "auto", "grouped", "legacy_row_split"))
+    if set(split.fractions) != {"train", "dev", "test"}:
+        raise ConfigError("needs exactly train, dev and test", field="task.split.fractions")
+    for name, frac in split.fractions.items():
+        if not 0 <= frac < 1:
+            raise ConfigError(f"must be in [0, 1), got {frac}", field=f"task.split.fractions.{name}")
+    if abs(sum(split.fractions.values()) - 1) > 1e-6:
+        raise ConfigError(f"must sum to 1, got {sum(split.fractions.values()):g}", field="task.split.fractions")
+    if split.strategy == "legacy_row_split":
+        _positive("task.split.legacy_rows", split.legacy_rows)
+        if split.legacy_test_size is None or not 0 < split.legacy_test_size < 1:
+            raise ConfigError("must be in (0, 1)", field="task.split.legacy_test_size")
+    _one_of("task.prompt.format", task.prompt.format, ("chat", "raw"))
+    if task.prompt.format == "raw":
+        if not task.prompt.template or "{input}" not in task.prompt.template:
+            raise ConfigError("a raw prompt needs a template containing {input}", field="task.prompt.template")
+    _one_of("task.parser", task.parser, ("dynahate_regex", "mhs_substring", "stop_refusal"))
+
+    for name, n in cfg.data.max_examples.items():
+        _one_of("data.max_examples", name, ("train", "dev", "test"))
+        if n is not None:
+            _positive(f"data.max_examples.{name}", n)
+    _positive("download.retries", cfg.download.retries, allow_zero=True)
+    _positive("download.timeout_s", cfg.download.timeout_s)
+
+    _positive("lora.r", cfg.lora.r)
+    if cfg.lora.alpha is not None:
+        _positive("lora.alpha", cfg.lora.alpha)
+    if not 0 <= cfg.lora.dropout < 1:
+        raise ConfigError(f"must be in [0, 1), got {cfg.lora.dropout}", field="lora.dropout")
+    _one_of("lora.bias", cfg.lora.bias, ("none", "all", "lora_only"))
+
+    tr = cfg.train
+    for key in ("cutoff_len", "batch_size", "grad_accum", "lr", "logging_steps", "save_steps", "nproc"):
+        _positive(f"train.{key}", tr[key])
+    _positive("train.warmup", tr.warmup, allow_zero=True)
+    _positive("train.weight_decay", tr.weight_decay, allow_zero=True)
+    if tr.max_steps is None:
+        _positive("train.epochs", tr.epochs)
+    else:
+        _positive("train.max_steps", tr.max_steps)
+    _one_of("train.scheduler", tr.scheduler, ("linear", "cosine", "constant", "constant_with_warmup"))
+    _one_of("train.precision", tr.precision, ("bf16", "fp16", "fp32"))
+    _one_of("train.loss_on", tr.loss_on, ("completion", "all"))
+    _one_of("train.optimizer", tr.optimizer, ("adamw_torch", "adamw_8bit", "paged_adamw_8bit",
+                                              "paged_adamw_32bit", "sgd"))
+    _one_of("eval.mode", cfg.eval.mode, ("greedy", "score"))
+    _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
+    _positive("eval.batch_size", cfg.eval.batch_size)
+    for s in cfg.eval.splits:
+        _one_of("eval.splits", s, ("train", "dev", "test"))
+    for key in ("device_power_w", "pue", "carbon_intensity_kg_per_kwh"):
+        _positive(f"carbon.{key}", cfg.carbon[key])
+
+
+def validate(cfg: DictConfig | dict) -> DictConfig:
+    """Merge `cfg` into the typed schema (types, unknown keys) and check the rules; raise one ConfigError."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        OmegaConf.to_container(typed, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or None
+        msg = str(err).splitlines()[0]
+        raise ConfigError(msg, field=key) from None
+    _check_rules(typed)
+    return typed
+
+
+# ----------------------------------------------------------------------------------------- composition
+def conf_dir() -> Path:
+    """conf/ of the project in the working directory (DVC runs stages from the repo root)."""
+    local = Path.cwd() / "conf"
+    return local if local.is_dir() else Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose conf/config.yaml with Hydra overrides, exactly as `dvc exp run -S` does."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except HydraException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load(overrides: Sequence[str] = (), params_file: str | Path = PARAMS_FILE) -> DictConfig:
+    """The validated config of a stage: params.yaml plus `key=value` overrides.
+
+    A group choice (`task=mhs`, `+experiment=...`) recomposes from conf/ instead, with all the overrides.
+    """
+    overrides = list(overrides)
+    if any(o.lstrip("+~").split("=", 1)[0] in GROUPS for o in overrides):
+        return validate(compose(overrides))
+    params_file = Path(params_file)
+    if not params_file.exists():
+        raise ConfigError(f"{params_file} not found: run `make params` (python -m hatetune.config compose)")
+    cfg = OmegaConf.load(params_file)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key = item.split("=", 1)[0].lstrip("+")
+        try:
+            value = OmegaConf.from_dotlist([item.lstrip("+")])
+        except OmegaConfBaseException as err:
+            raise ConfigError(str(err).splitlines()[0], field=key) from None
+        cfg = OmegaConf.merge(cfg, value)
+    return validate(cfg)
+
+
+def stage_config(doc: str, argv: Optional[Sequence[str]] = None) -> DictConfig:
+    """Command line of every stage script: `--help` shows the stage's docstring; the rest are overrides."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Overrides use Hydra syntax: key=value (e.g. lora.r=16), or a group "
+                                            "choice (task=mhs, +experiment=mhs_mistral7b) to recompose conf/.")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides on top of params.yaml")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    return load(args.overrides, args.params)
+
+
+def lora_alpha(cfg: DictConfig) -> float:
+    """LoRA alpha; null means 2 x r (LLaMA-Factory's convention)."""
+    return cfg.lora.alpha if cfg.lora.alpha is not None else 2 * cfg.lora.r
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+@exit_on_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hatetune.config", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_compose = sub.add_parser("compose", help="write the composition of conf/ (+ overrides) to params.yaml")
+    p_compose.add_argument("overrides", nargs="*")
+    p_compose.add_argument("--output", default=PARAMS_FILE)
+    p_check = sub.add_parser("check", help="fail if params.yaml differs from the composition of conf/")
+    p_check.add_argument("--params", default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+
+    if args.command == "compose":
+        cfg = compose(args.overrides)
+        validate(cfg)
+        from .io import write_text
+        write_text(args.output, to_yaml(cfg))
+        print(f"wrote {args.output}")
+        return 0
+    composed = OmegaConf.to_container(compose(), resolve=True)
+    current = OmegaConf.to_container(OmegaConf.load(args.params), resolve=True)
+    if composed != current:
+        print(f"{args.params} differs from the composition of conf/: run `make params`", file=sys.stderr)
+        return 1
+    print(f"{args.params} matches conf/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
