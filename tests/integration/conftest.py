@@ -1,0 +1,46 @@
+"""Integration fixtures: a copy of this project in a fresh git repository, where real `dvc` commands run."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# What a clone of the project holds that the pipeline needs (no data, models or metrics outputs).
+PROJECT_PATHS = ["conf", "hatetune", "stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore",
+                 "pyproject.toml"]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a command with the venv's bin first on PATH (stage commands call `python`)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(cwd), **kw.pop("env", {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def project_repo(tmp_path, git_identity) -> Path:
+    """A fresh git repo holding a copy of the project's pipeline files, committed once (dvc exp needs it)."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for rel in PROJECT_PATHS:
+        src = ROOT / rel
+        if not src.exists():
+            continue
+        dst = repo / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dst)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "project"], repo)
+    return repo
