@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a clone of the project holds that the pipeline needs (no data, models or metrics outputs).
-PROJECT_PATHS = ["conf", "hatetune", "stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore",
+PROJECT_PATHS = ["conf", "hatetune", "stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
                  "pyproject.toml"]
 
 
