@@ -289,8 +289,19 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except HydraException as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+        raise ConfigError(_explain_hydra_error(str(err), overrides)) from None
     return cfg
+
+
+def _explain_hydra_error(message: str, overrides: Sequence[str]) -> str:
+    """Hydra says "Could not find 'task/foo'"; say which key was wrong and what the choices are."""
+    first = message.splitlines()[0]
+    for item in overrides:
+        group, _, choice = item.lstrip("+~").partition("=")
+        if group in GROUPS and f"'{group}/{choice}'" in message:
+            known = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+            return f"{group}: unknown choice {choice!r} (known: {', '.join(known)})"
+    return first
 
 
 def to_yaml(cfg: DictConfig) -> str:
