@@ -6,7 +6,7 @@ happen here).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 ALPACA_KEYS = ("instruction", "input", "output", "system")
 
@@ -49,3 +49,10 @@ def build_prompt(row: Mapping[str, Any], prompt_cfg: Mapping[str, Any], tokenize
 def build_completion(row: Mapping[str, Any], eos_token: str) -> str:
     """What the model learns to produce after the prompt: the answer and EOS."""
     return f"{row['output']}{eos_token}"
+
+
+def alpaca_rows(table: Iterable[Mapping[str, Any]], prompt_cfg: Mapping[str, Any]) -> Iterator[dict]:
+    """Canonical rows (id, text, label, ...) -> Alpaca rows with the task's instruction and system prompt."""
+    for row in table:
+        yield alpaca_row(prompt_cfg["instruction"], row["text"], row["label"], prompt_cfg.get("system") or "",
+                         id=row["id"])

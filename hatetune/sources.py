@@ -1,0 +1,228 @@
+"""Fetching a task's dataset into data/raw/<task>/: HTTPS file, Hugging Face Hub dataset, local path, or mirror.
+
+Every source ends as a folder of data files (CSV, TSV or parquet, in the upstream schema) plus `manifest.json`
+(where they came from, sha256, bytes, rows). The folder appears complete or not at all.
+
+Offline mirror: when `download.mirror` or $HATETUNE_MIRROR names a folder, every source resolves to
+`<mirror>/<source.name>/` and the network is never touched. The HF token is read from $HF_TOKEN at the moment
+it is needed and is never written to the manifest, logs or errors.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .errors import HatetuneError
+from .io import atomic_path, sha256_file, write_json
+
+MIRROR_ENV = "HATETUNE_MIRROR"
+MANIFEST = "manifest.json"
+DATA_SUFFIXES = (".csv", ".tsv", ".parquet")
+# Worth retrying: the server or the path to it is having a moment.
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class TransientHTTPError(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------- mirror
+def mirror_root(configured: Optional[str] = None) -> Optional[Path]:
+    """The offline mirror folder: `download.mirror` if set, else $HATETUNE_MIRROR, else None (use the network)."""
+    chosen = configured or os.environ.get(MIRROR_ENV) or None
+    if chosen is None:
+        return None
+    root = Path(chosen).expanduser().resolve()
+    if not root.is_dir():
+        origin = "download.mirror" if configured else f"${MIRROR_ENV}"
+        raise HatetuneError(f"the offline mirror {root} ({origin}) is not a folder", field=origin)
+    return root
+
+
+def data_files(folder: Path) -> list[Path]:
+    """Data files under `folder` (any depth), sorted so every run sees them in the same order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+
+
+def mirror_files(source: Mapping[str, Any], mirror: Path) -> list[Path]:
+    """The files the mirror holds for `source`; a clear error listing what was expected when there are none."""
+    entry = mirror / source["name"]
+    if source.get("filename") and (entry / source["filename"]).is_file():
+        return [entry / source["filename"]]
+    found = data_files(entry) if entry.is_dir() else []
+    if not found:
+        upstream = {"https": f"the upstream file ({source.get('filename') or source.get('url')})",
+                    "hub": f"the data files of the Hub dataset {source.get('repo_id')} (parquet or CSV)",
+                    "local": f"the file(s) of {source.get('path')}"}[source["kind"]]
+        raise HatetuneError(f"the offline mirror has no entry for source '{source['name']}': expected a folder "
+                            f"{entry}/ holding {upstream} as {', '.join('*' + s for s in DATA_SUFFIXES)}",
+                            file=str(entry))
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ HTTPS
+def download_https(url: str, dest: Path, *, sha256: Optional[str] = None, retries: int = 3,
+                   timeout_s: float = 60.0, backoff_s: float = 1.0) -> str:
+    """Download `url` to `dest` (atomically, with a progress bar); retry timeouts, dropped connections and 5xx.
+
+    Returns the file's sha256; raises when it differs from a pinned `sha256` (and leaves no file behind).
+    """
+    import requests
+    from tqdm import tqdm
+
+    for attempt in range(retries + 1):
+        try:
+            with requests.get(url, stream=True, timeout=timeout_s) as response:
+                if response.status_code in TRANSIENT_STATUS:
+                    raise TransientHTTPError(f"HTTP {response.status_code}")
+                if response.status_code >= 400:
+                    raise HatetuneError(f"download failed: HTTP {response.status_code} {response.reason}",
+                                        file=url)
+                total = int(response.headers.get("content-length") or 0) or None
+                digest = hashlib.sha256()
+                with atomic_path(dest) as tmp, open(tmp, "wb") as f, \
+                        tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+                    for chunk in response.iter_content(chunk_size=1 << 16):
+                        f.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+                    f.close()
+                    got = digest.hexdigest()
+                    if sha256 and got != sha256.lower():
+                        raise HatetuneError(f"checksum mismatch: expected sha256 {sha256.lower()}, got {got}",
+                                            file=dest.name, field="task.source.sha256")
+                return got
+        except (TransientHTTPError, requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as err:
+            if attempt == retries:
+                raise HatetuneError(f"download failed after {retries + 1} attempts ({err.__class__.__name__}: "
+                                    f"{err}); to work offline set ${MIRROR_ENV} to a mirror folder",
+                                    file=url) from None
+            time.sleep(backoff_s * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------------------------------- Hub
+def fetch_hub_dataset(repo_id: str, revision: str, split: Optional[str], dest: Path) -> None:
+    """Save one split of a Hub dataset, pinned to `revision`, as parquet. Token: $HF_TOKEN, never stored."""
+    import datasets
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    try:
+        dataset = datasets.load_dataset(repo_id, revision=revision, split=split or "train",
+                                        token=os.environ.get("HF_TOKEN") or None)
+    except Exception as err:  # noqa: BLE001 - each Hub failure becomes one clear message
+        chain = [err]
+        while chain[-1].__cause__ is not None and len(chain) < 10:
+            chain.append(chain[-1].__cause__)
+        if any(isinstance(e, RevisionNotFoundError) for e in chain):
+            raise HatetuneError(f"revision {revision} does not exist for {repo_id}",
+                                field="task.source.revision") from None
+        if isinstance(err, datasets.exceptions.DatasetNotFoundError):
+            raise HatetuneError(f"{err} (set $HF_TOKEN for a gated dataset)", field="task.source.repo_id") from None
+        if isinstance(err, (ConnectionError, OSError)):
+            raise HatetuneError(f"could not reach the Hugging Face Hub for {repo_id} ({err.__class__.__name__}); "
+                                f"to work offline set ${MIRROR_ENV} to a folder holding the dataset's data files",
+                                field="task.source") from None
+        raise
+    dataset.to_parquet(str(dest))
+
+
+# ------------------------------------------------------------------------------------------------ fetch
+def count_rows(path: Path) -> Optional[int]:
+    """Records in a data file, without judging it (the labels stage reports bad content precisely)."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        return max(sum(1 for rec in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if rec) - 1, 0)
+    except Exception:  # noqa: BLE001 - unreadable: the labels stage says why
+        return None
+
+
+def _copy_files(files: list[Path], base: Path, into: Path) -> list[Path]:
+    copied = []
+    for src in files:
+        rel = src.relative_to(base) if src.is_relative_to(base) else Path(src.name)
+        dst = into / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        copied.append(dst)
+    return copied
+
+
+def _local_files(path: str) -> tuple[list[Path], Path]:
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [p], p.parent
+    found = data_files(p) if p.is_dir() else []
+    if not found:
+        raise HatetuneError(f"no data files ({', '.join('*' + s for s in DATA_SUFFIXES)}) at {p}",
+                            field="task.source.path")
+    return found, p
+
+
+def fetch(source: Mapping[str, Any], dest_dir: str | Path, *, mirror: Optional[Path] = None, retries: int = 3,
+          timeout_s: float = 60.0, backoff_s: float = 1.0) -> dict:
+    """Fetch `source` (the task.source config) into `dest_dir` with a manifest; return the manifest."""
+    dest_dir = Path(dest_dir)
+    kind = source["kind"]
+    manifest: dict[str, Any] = {"source": source["name"], "kind": kind, "mirror": mirror is not None}
+    manifest.update({"https": {"url": source.get("url")},
+                     "hub": {"repo_id": source.get("repo_id"), "revision": source.get("revision"),
+                             "split": source.get("hub_split")},
+                     "local": {"path": source.get("path")}}[kind])
+    pinned = (source.get("sha256") or "").lower() or None
+    with atomic_path(dest_dir) as tmp:
+        tmp.mkdir()
+        verified: set[Path] = set()
+        if mirror is not None:
+            found = mirror_files(source, mirror)
+            files = _copy_files(found, mirror / source["name"], tmp)
+            if pinned and source.get("filename"):
+                # the pin is for the upstream file: check it when the mirror holds that very file
+                verified = {f for f in files if f.name == source["filename"]}
+        elif kind == "https":
+            target = tmp / (source.get("filename") or Path(source["url"].split("?")[0]).name)
+            download_https(source["url"], target, sha256=pinned, retries=retries, timeout_s=timeout_s,
+                           backoff_s=backoff_s)
+            files, verified = [target], ({target} if pinned else set())
+        elif kind == "hub":
+            target = tmp / f"{source.get('hub_split') or 'train'}.parquet"
+            fetch_hub_dataset(source["repo_id"], source["revision"], source.get("hub_split"), target)
+            files = [target]
+        else:
+            found, base = _local_files(source["path"])
+            files = _copy_files(found, base, tmp)
+        entries = []
+        for f in files:
+            digest = sha256_file(f)
+            if f in verified and digest != pinned:
+                raise HatetuneError(f"checksum mismatch: expected sha256 {pinned}, got {digest}",
+                                    file=str(f.relative_to(tmp)), field="task.source.sha256")
+            entries.append({"path": f.relative_to(tmp).as_posix(), "sha256": digest, "bytes": f.stat().st_size,
+                            "rows": count_rows(f), "sha256_verified": f in verified})
+        manifest["files"] = entries
+        manifest["sha256_pinned"] = pinned
+        if not pinned and kind == "https":
+            manifest["note"] = "no sha256 pinned: set task.source.sha256 to the file's sha256 above to verify it"
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(raw_dir: str | Path) -> dict:
+    path = Path(raw_dir) / MANIFEST
+    if not path.is_file():
+        raise HatetuneError("no download manifest: run the download stage first", file=str(path))
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,35 @@
+"""convert: the canonical table -> Alpaca JSONL data/processed/<task>/{train,dev,test}.jsonl.
+
+One {instruction, input, output, system, id} object per line, with the task's prompt text (task.prompt).
+data.max_examples.<split> takes a seeded, label-stratified subsample of that split (null = every row).
+
+    python -m stages.convert
+    python -m stages.convert data.max_examples.train=null
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hatetune import config, labels, prompts
+from hatetune.errors import exit_on_error
+from hatetune.io import atomic_path, write_jsonl
+
+
+@exit_on_error
+def main(argv=None) -> int:
+    cfg = config.stage_config(__doc__, argv)
+    table = labels.read_canonical(Path("data/interim") / cfg.task.name / labels.LABELS_CSV)
+    with atomic_path(Path("data/processed") / cfg.task.name) as out_dir:
+        out_dir.mkdir()
+        for split in labels.SPLITS:
+            part = labels.stratified_sample(table[table["split"] == split], cfg.data.max_examples.get(split),
+                                            seed=cfg.seed)
+            n = write_jsonl(out_dir / f"{split}.jsonl", prompts.alpaca_rows(part.to_dict("records"),
+                                                                             cfg.task.prompt))
+            print(f"convert: {split}: {n} of {int((table['split'] == split).sum())} rows", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""labels: data/raw/<task>/ -> the canonical table data/interim/<task>/labels.csv (id,text,label,split,group).
+
+Maps (DynaHate) or bins (MHS) the labels, checks every row (errors name file, row and column), splits
+(task.split.strategy: upstream | auto | grouped | legacy_row_split; auto re-splits when the data lacks a split),
+writes split.json (how it split) and metrics/data.json (rows and label counts per split).
+
+    python -m stages.labels
+    python -m stages.labels task=mhs task.split.strategy=legacy_row_split
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hatetune import config, labels
+from hatetune.errors import exit_on_error
+from hatetune.io import write_json
+
+
+@exit_on_error
+def main(argv=None) -> int:
+    cfg = config.stage_config(__doc__, argv)
+    task = cfg.task
+    records = labels.read_raw_dir(Path("data/raw") / task.name, labels.required_columns(task))
+    result = labels.canonical_table(records, task, seed=cfg.seed)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    labels.write_canonical(result, Path("data/interim") / task.name)
+    metrics = labels.data_metrics(result, task)
+    write_json("metrics/data.json", metrics)
+    print(f"labels: {metrics['rows']} ({metrics['split_strategy']} split)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The data stages under real DVC: `dvc repro convert`, `dvc exp run -S task=mhs`, `dvc metrics show`.
+
+Each test runs in a fresh git repo holding a copy of the project, against a mirror folder generated in the
+upstream schemas (or the real ../shared/mirror, when present).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from integration.conftest import run  # tests/ is on sys.path; plain `conftest` is whichever pytest loaded last
+from upstream_fixtures import dynahate_rows, write_dynahate, write_mhs
+
+SPLITS = ("train", "dev", "test")
+
+
+def mirror_dir():
+    """tests/conftest.py's mirror_dir (that module is shadowed by this folder's conftest under its name)."""
+    spec = importlib.util.spec_from_file_location("hatetune_tests_conftest",
+                                                  Path(__file__).resolve().parents[1] / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.mirror_dir()
+
+
+def jsonl_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_repro_convert_on_a_dynahate_mirror_then_nothing_to_do(project_repo, tmp_path):
+    write_dynahate(tmp_path / "mirror" / "dynahate" / "dynahate_v0.2.2_dev.csv", n_single=60, n_pairs=30)
+    env = {"HATETUNE_MIRROR": str(tmp_path / "mirror")}
+    run(["dvc", "repro", "convert"], project_repo, env=env)
+
+    for split in SPLITS:
+        rows = jsonl_rows(project_repo / "data/processed/dynahate" / f"{split}.jsonl")
+        assert rows and all(set(r) == {"instruction", "input", "output", "system", "id"} for r in rows)
+    metrics = json.loads((project_repo / "metrics/data.json").read_text())
+    assert metrics["split_strategy"] == "grouped" and metrics["rows"]["total"] == 120
+    assert "re-split" in metrics["warnings"][0]
+    first = (project_repo / "data/processed/dynahate/train.jsonl").read_bytes()
+
+    again = run(["dvc", "repro", "convert"], project_repo, env=env)
+    assert "Running stage" not in again.stdout, again.stdout
+    assert "up to date" in run(["dvc", "status", "--with-deps", "convert"], project_repo, env=env).stdout
+    assert (project_repo / "data/processed/dynahate/train.jsonl").read_bytes() == first
+
+    shown = run(["dvc", "metrics", "show", "--json"], project_repo).stdout
+    data = json.loads(shown)
+    assert any("metrics/data.json" in files.get("data", {}) for files in data.values()), shown
+    table = run(["dvc", "metrics", "show"], project_repo).stdout
+    assert "metrics/data.json" in table and "rows.train" in table
+
+
+def test_exp_run_task_mhs_against_an_mhs_mirror(project_repo, tmp_path):
+    write_mhs(tmp_path / "mirror" / "measuring-hate-speech" / "data" / "train-00000-of-00001.parquet",
+              n_comments=60)
+    env = {"HATETUNE_MIRROR": str(tmp_path / "mirror")}
+    run(["dvc", "exp", "run", "-S", "task=mhs", "convert"], project_repo, env=env)
+
+    canonical = (project_repo / "data/interim/mhs/labels.csv").read_text(encoding="utf-8")
+    assert canonical.splitlines()[0] == "id,text,label,split,group" and len(canonical.splitlines()) == 61
+    outputs = {r["output"] for s in SPLITS for r in jsonl_rows(project_repo / "data/processed/mhs" / f"{s}.jsonl")}
+    assert outputs == {"Hate", "Neutral", "Supportive"}
+    metrics = json.loads((project_repo / "metrics/data.json").read_text())
+    assert metrics["task"] == "mhs" and metrics["scores_aggregated"] is False
+    manifest = json.loads((project_repo / "data/raw/mhs/manifest.json").read_text())
+    assert manifest["kind"] == "hub" and manifest["mirror"] is True
+
+
+def test_bad_input_fails_the_pipeline_with_one_line(project_repo, tmp_path):
+    rows = dynahate_rows()
+    rows[5]["text"] = "  "
+    write_dynahate(tmp_path / "mirror" / "dynahate" / "dev.csv", rows)
+    proc = run(["dvc", "repro", "convert"], project_repo, check=False, env={"HATETUNE_MIRROR": str(tmp_path / "mirror")})
+    assert proc.returncode != 0
+    assert ("error: data/raw/dynahate/dev.csv, row 7, field 'text': text is empty or whitespace only"
+            in proc.stderr + proc.stdout)
+    assert not (project_repo / "data/interim/dynahate").exists()
+    assert not (project_repo / "data/processed/dynahate").exists()
+
+
+def test_data_stages_on_the_real_mirror(project_repo):
+    mirror = mirror_dir()
+    if mirror is None or not (mirror / "dynahate").is_dir():
+        pytest.skip("the offline mirror (../shared/mirror or $HATETUNE_MIRROR) with dynahate/ is not here")
+    run(["dvc", "repro", "convert"], project_repo, env={"HATETUNE_MIRROR": str(mirror)})
+    for split in SPLITS:
+        assert jsonl_rows(project_repo / "data/processed/dynahate" / f"{split}.jsonl"), split
+    metrics = json.loads((project_repo / "metrics/data.json").read_text())
+    assert metrics["rows"]["total"] == 4125  # the dev split of v0.2.2, re-split
+    assert sum(metrics["labels"]["train"].values()) == metrics["rows"]["train"]

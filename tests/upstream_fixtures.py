@@ -1,0 +1,81 @@
+"""Small synthetic datasets in the real upstream schemas (never copied from the mirror; texts are neutral).
+
+DynaHate: the 12 columns of the upstream CSV, with original/perturbation pairs whose `acl.id.matched` point at
+each other. Measuring Hate Speech: one row per (comment_id, annotator_id) with hate_speech_score and target_*
+columns, as the Hub dataset has them.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional, Sequence
+
+DYNAHATE_COLUMNS = ["acl.id", "X1", "text", "label", "type", "target", "level", "split", "round.base", "annotator",
+                    "round", "acl.id.matched"]
+MHS_TARGETS = ["target_race", "target_religion", "target_gender"]
+# Scores covering every bin and both boundaries (-1.0 and 0.5 are Neutral).
+MHS_SCORES = [-2.3, -1.0001, -1.0, -0.4, 0.0, 0.5, 0.5001, 1.7]
+
+
+def dynahate_rows(n_single: int = 24, n_pairs: int = 12, splits: Sequence[str] = ("dev",)) -> list[dict]:
+    """Round-1 originals without a partner, then round-2 original/perturbation pairs (the perturbation flips
+    the label, as in DynaHate). `splits` are cycled over the rows for the upstream `split` column."""
+    rows = []
+
+    def add(i: int, text: str, label: str, level: str, round_: str, matched: str = "") -> None:
+        rows.append({"acl.id": f"acl{10000 + i}", "X1": str(i + 1), "text": text, "label": label,
+                     "type": "notgiven" if round_ == "1" else ("none" if label == "nothate" else "derogation"),
+                     "target": "notgiven" if round_ == "1" else ("none" if label == "nothate" else "grp"),
+                     "level": level, "split": splits[i % len(splits)], "round.base": round_[0],
+                     "annotator": f"ann{i % 5}", "round": round_, "acl.id.matched": matched})
+
+    for i in range(n_single):
+        add(i, f"single post number {i} about group {i % 3}", "hate" if i % 2 else "nothate", "original", "1")
+    for k in range(n_pairs):
+        a, b = n_single + 2 * k, n_single + 2 * k + 1
+        label = "hate" if k % 2 else "nothate"
+        flipped = "nothate" if label == "hate" else "hate"
+        add(a, f"original post {k}, with a comma", label, "original", "2a", f"acl{10000 + b}")
+        add(b, f"perturbed post {k}\nspanning two lines", flipped, "perturbation", "2b", f"acl{10000 + a}")
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], columns: Optional[Sequence[str]] = None, delimiter: str = ",") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(columns or rows[0].keys())
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, delimiter=delimiter, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_dynahate(path: Path, rows: Optional[list[dict]] = None, **kw) -> Path:
+    return write_csv(path, rows if rows is not None else dynahate_rows(**kw), DYNAHATE_COLUMNS)
+
+
+def mhs_rows(n_comments: int = 40, annotators: int = 3, varying: bool = False) -> list[dict]:
+    """`annotators` rows per comment; the score is the comment's unless `varying` (then it differs per row)."""
+    rows = []
+    for c in range(n_comments):
+        base = MHS_SCORES[c % len(MHS_SCORES)]
+        for a in range(annotators):
+            score = base + (0.1 * a if varying else 0.0)
+            rows.append({"comment_id": 20000 + c, "annotator_id": 100 + (c + a) % 7,
+                         "text": f"comment {c} on a topic, 'quoted'", "hate_speech_score": score,
+                         "sentiment": float(a % 5), "target_race": c % 2 == 0, "target_religion": c % 3 == 0,
+                         "target_gender": c % 5 == 0})
+    return rows
+
+
+def write_mhs(path: Path, rows: Optional[list[dict]] = None, **kw) -> Path:
+    """Parquet (as the Hub serves it) or CSV, by the suffix of `path`."""
+    import pandas as pd
+
+    rows = rows if rows is not None else mhs_rows(**kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        pd.DataFrame(rows).to_parquet(path, index=False)
+    else:
+        write_csv(path, rows)
+    return path
