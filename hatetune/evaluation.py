@@ -1,0 +1,125 @@
+"""What the evaluate and baseline stages share: which rows to score, gold labels, and the result files.
+
+Results of a run named <out> (metrics/eval, metrics/zeroshot, metrics/baseline, metrics/external/<stem>):
+- `<out>.json`: {split: metrics} (git-tracked, a DVC metric; deterministic: no timings in it);
+- `<out>/<split>/predictions.jsonl` (id, text, gold, raw_output, predicted [, score_label | greedy_label]),
+  `confusion.csv` (actual,predicted per example, for DVC's confusion template), `confusion.png`,
+  `classification_report.txt`; `<out>/run.json`: what ran and how fast.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from . import metrics as M
+from .errors import HatetuneError
+from .io import atomic_path, read_jsonl, write_json
+
+PROCESSED_ROOT = Path("data/processed")
+METRICS_ROOT = Path("metrics")
+
+
+def output_base(cfg) -> Path:
+    """Where a run writes `<base>.json` and `<base>/`: eval.output, else by what is evaluated."""
+    if cfg.eval.output:
+        return Path(cfg.eval.output)
+    if cfg.eval.data:
+        return METRICS_ROOT / "external" / Path(cfg.eval.data).stem
+    return METRICS_ROOT / ("eval" if cfg.eval.adapter else "zeroshot")
+
+
+def carbon_stage(cfg) -> Optional[str]:
+    """The name codecarbon's measurement is filed under (metrics/carbon/<name>.json); None for hand runs."""
+    if cfg.eval.data or cfg.eval.output:
+        return None
+    return "evaluate" if cfg.eval.adapter else "evaluate_zeroshot"
+
+
+def eval_files(cfg) -> Dict[str, Path]:
+    """{set name: Alpaca JSONL}: eval.data alone when given, else data/processed/<task>/<split>.jsonl."""
+    if cfg.eval.data:
+        return {Path(cfg.eval.data).stem: Path(cfg.eval.data)}
+    return {split: PROCESSED_ROOT / cfg.task.name / f"{split}.jsonl" for split in cfg.eval.splits}
+
+
+def load_rows(path: Path, labels: Sequence[str]) -> tuple[List[dict], List[str]]:
+    """Alpaca rows of `path` and their gold labels in the task's spelling (matched case-insensitively).
+
+    A missing file, a row without instruction / input / output, or a gold label outside the task's labels
+    fails with the file, row (1-based line) and field.
+    """
+    if not path.is_file():
+        raise HatetuneError("evaluation data not found (run the convert stage, or check eval.data)", file=str(path))
+    rows = read_jsonl(path)
+    if not rows:
+        raise HatetuneError("no rows to evaluate", file=str(path))
+    canonical = {name.lower(): name for name in labels}
+    gold = []
+    for i, row in enumerate(rows, start=1):
+        for key in ("instruction", "input", "output"):
+            if not isinstance(row.get(key), str):
+                raise HatetuneError("missing or not a string", file=str(path), row=i, field=key)
+        label = canonical.get(row["output"].strip().lower())
+        if label is None:
+            raise HatetuneError(f"gold label {row['output']!r} is not one of the task's labels {list(labels)}",
+                                file=str(path), row=i, field="output")
+        gold.append(label)
+    return rows, gold
+
+
+def score(rows: Sequence[Mapping], gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str],
+          outputs: Optional[Sequence[str]] = None, other: Optional[Sequence[str]] = None,
+          other_name: str = "score_label") -> dict:
+    """Metrics and per-example records of one evaluated set (pure: nothing is written)."""
+    result = M.classification_metrics(gold, predicted, labels)
+    if other is not None:
+        result["agreement_greedy_score"] = M.agreement(predicted, other)
+    outputs = outputs if outputs is not None else predicted
+    records = []
+    for i, row in enumerate(rows):
+        record = {"id": row.get("id", str(i + 1)), "text": row["input"], "gold": gold[i],
+                  "raw_output": outputs[i], "predicted": predicted[i]}
+        if other is not None:
+            record[other_name] = other[i]
+        records.append(record)
+    return {"metrics": result, "records": records,
+            "report": M.classification_report_text(gold, predicted, labels),
+            "confusion": M.confusion_counts(gold, predicted, labels)}
+
+
+def confusion_csv(records: Sequence[Mapping]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows((r["gold"], r["predicted"]) for r in records)
+    return buf.getvalue()
+
+
+def write_results(base: Path, results: Mapping[str, dict], run_info: Mapping, title: str) -> None:
+    """`<base>.json` and the `<base>/` folder, each written atomically (complete or not at all)."""
+    from . import report
+    from .io import write_jsonl
+
+    base = Path(base)
+    with atomic_path(base) as tmp:
+        tmp.mkdir(parents=True)
+        for name, result in results.items():
+            folder = tmp / name
+            folder.mkdir()
+            write_jsonl(folder / "predictions.jsonl", result["records"])
+            (folder / "confusion.csv").write_text(confusion_csv(result["records"]), encoding="utf-8")
+            (folder / "classification_report.txt").write_text(result["report"], encoding="utf-8")
+            names, counts = result["confusion"]
+            report.plot_confusion(names, counts, folder / "confusion.png", f"{title} ({name})")
+        write_json(tmp / "run.json", dict(run_info))
+    write_json(base.with_name(base.name + ".json"), {name: r["metrics"] for name, r in results.items()})
+
+
+def summary_line(name: str, m: Mapping) -> str:
+    line = (f"{name}: n={m['n']} accuracy={m['accuracy']:.4f} macro-F1={m['macro_f1']:.4f} "
+            f"(with invalid: {m['macro_f1_with_invalid']:.4f}) invalid={m['invalid_rate']:.2%}")
+    if "agreement_greedy_score" in m:
+        line += f" greedy/score agreement={m['agreement_greedy_score']:.2%}"
+    return line

@@ -1,0 +1,35 @@
+"""baseline: TF-IDF + logistic regression, trained on data/processed/<task>/train.jsonl (the rows the LLM is
+fine-tuned on) and scored on the same eval.splits as the evaluate stage, as context for every table.
+
+Writes metrics/baseline.json and metrics/baseline/<split>/ (predictions.jsonl, confusion.csv/png,
+classification_report.txt). Settings: eval.baseline (ngram_max, min_df, c), seed.
+"""
+from __future__ import annotations
+
+import sys
+
+from hatetune import baseline, config, evaluation
+from hatetune.errors import exit_on_error
+
+
+@exit_on_error
+def main(argv=None) -> int:
+    cfg = config.stage_config(__doc__, argv)
+    labels = list(cfg.task.labels.names)
+    b = cfg.eval.baseline
+    train_rows, train_gold = evaluation.load_rows(evaluation.PROCESSED_ROOT / cfg.task.name / "train.jsonl", labels)
+    model = baseline.fit_tfidf_logreg([r["input"] for r in train_rows], train_gold, b.ngram_max, b.min_df, b.c,
+                                      cfg.seed)
+    results = {}
+    for name, path in evaluation.eval_files(cfg).items():
+        rows, gold = evaluation.load_rows(path, labels)
+        predicted = baseline.predict(model, [r["input"] for r in rows])
+        results[name] = evaluation.score(rows, gold, predicted, labels)
+        print(evaluation.summary_line(name, results[name]["metrics"]))
+    evaluation.write_results(evaluation.METRICS_ROOT / "baseline", results, title="TF-IDF + LR",
+                             run_info={"model": "tfidf+logreg", "train_rows": len(train_rows), **dict(b)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
