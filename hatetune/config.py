@@ -66,9 +66,21 @@ class PromptConf:
 
 
 @dataclass
+class ColumnsConf:
+    """Which upstream columns hold what. null: the dataset has no such column."""
+    id: str = "id"
+    text: str = "text"
+    label: Optional[str] = None  # raw label (tasks with labels.map); binned tasks use labels.binning.score_column
+    split: Optional[str] = None  # upstream train/dev/test column
+    linked_id: Optional[str] = None  # another row's id that must land in the same split (DynaHate's pairs)
+    annotator: Optional[str] = None  # one row per (id, annotator): rows are aggregated to one per id
+
+
+@dataclass
 class TaskConf:
     name: str = MISSING
     source: SourceConf = MISSING
+    columns: ColumnsConf = field(default_factory=ColumnsConf)
     labels: LabelsConf = MISSING
     split: SplitConf = field(default_factory=SplitConf)
     prompt: PromptConf = MISSING
@@ -91,6 +103,7 @@ class ModelConf:
     revision: str = "main"
     mirror_name: Optional[str] = None
     gguf_file: Optional[str] = None
+    path: Optional[str] = None  # a local Hugging Face folder; wins over the mirror and the Hub
     trust_remote_code: bool = False
     quantization: QuantizationConf = field(default_factory=QuantizationConf)
 
@@ -111,27 +124,48 @@ class TrainConf:
     grad_accum: int = 1
     lr: float = 2e-4
     scheduler: str = "cosine"
-    warmup: float = 0.1
+    warmup_ratio: float = 0.0  # share of the total optimizer steps ...
+    warmup_steps: int = 0  # ... or an exact number of steps (set one of the two)
     epochs: float = 1.0
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = None  # wins over epochs when set
     optimizer: str = "adamw_torch"
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
     precision: str = "bf16"
     gradient_checkpointing: bool = False
     group_by_length: bool = True
     loss_on: str = "completion"
     logging_steps: int = 5
     save_steps: int = 20
+    save_total_limit: int = 2
+    eval_steps: Optional[int] = None  # null: evaluate the dev loss at every checkpoint (save_steps)
+    eval_examples: Optional[int] = None  # dev rows for the eval loss (null: all)
+    resume: bool = True
     nproc: int = 1
 
 
 @dataclass
+class BaselineConf:
+    """TF-IDF + logistic regression (the `baseline` stage)."""
+    ngram_max: int = 2  # word n-grams 1..ngram_max
+    min_df: int = 1
+    c: float = 1.0  # inverse regularisation strength of the logistic regression
+
+
+@dataclass
 class EvalConf:
-    mode: str = "greedy"
+    mode: str = "greedy"  # greedy | score
     max_new_tokens: int = 4
     batch_size: int = 16
     splits: List[str] = field(default_factory=lambda: ["test"])
     unquantized_base: bool = False
+    adapter: bool = True  # false: the base model alone (the evaluate_zeroshot stage)
+    adapter_dir: Optional[str] = None  # null: the train stage's models/adapter/<task>
+    data: Optional[str] = None  # an Alpaca JSONL to evaluate instead of eval.splits (by hand)
+    output: Optional[str] = None  # null: metrics/eval, metrics/zeroshot, or metrics/external/<data stem>
+    prefix_cache: bool = True
+    agreement: bool = True  # also compute the other mode's labels: greedy/score agreement
+    baseline: BaselineConf = field(default_factory=BaselineConf)
 
 
 @dataclass
@@ -199,6 +233,8 @@ def _check_rules(cfg: DictConfig) -> None:
                               f"< hate_above ({b.hate_above})", field="task.labels.binning")
     elif not task.labels.map:
         raise ConfigError("a task needs either labels.map or labels.binning", field="task.labels")
+    elif not task.columns.label:
+        raise ConfigError("a task with labels.map needs the column holding the raw label", field="task.columns.label")
     else:
         for raw, canonical in task.labels.map.items():
             if canonical not in task.labels.names:
@@ -230,6 +266,17 @@ def _check_rules(cfg: DictConfig) -> None:
     _positive("download.retries", cfg.download.retries, allow_zero=True)
     _positive("download.timeout_s", cfg.download.timeout_s)
 
+    q = cfg.model.quantization
+    _one_of("model.quantization.quant_type", q.quant_type, ("nf4", "fp4"))
+    _one_of("model.quantization.compute_dtype", q.compute_dtype, ("bfloat16", "float16", "float32"))
+    _one_of("model.quantization.quant_storage", q.quant_storage, ("uint8", "bfloat16", "float16", "float32"))
+    targets = cfg.lora.target_modules
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            raise ConfigError(f"must be 'all-linear' or a list of module names, got {targets!r}",
+                              field="lora.target_modules")
+    elif not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ConfigError("must be 'all-linear' or a non-empty list of module names", field="lora.target_modules")
     _positive("lora.r", cfg.lora.r)
     if cfg.lora.alpha is not None:
         _positive("lora.alpha", cfg.lora.alpha)
@@ -238,10 +285,19 @@ def _check_rules(cfg: DictConfig) -> None:
     _one_of("lora.bias", cfg.lora.bias, ("none", "all", "lora_only"))
 
     tr = cfg.train
-    for key in ("cutoff_len", "batch_size", "grad_accum", "lr", "logging_steps", "save_steps", "nproc"):
+    for key in ("cutoff_len", "batch_size", "grad_accum", "lr", "logging_steps", "save_steps", "save_total_limit",
+                "nproc"):
         _positive(f"train.{key}", tr[key])
-    _positive("train.warmup", tr.warmup, allow_zero=True)
+    for key in ("eval_steps", "eval_examples"):
+        if tr[key] is not None:
+            _positive(f"train.{key}", tr[key])
+    if not 0 <= tr.warmup_ratio < 1:
+        raise ConfigError(f"must be in [0, 1), got {tr.warmup_ratio}", field="train.warmup_ratio")
+    _positive("train.warmup_steps", tr.warmup_steps, allow_zero=True)
+    if tr.warmup_ratio and tr.warmup_steps:
+        raise ConfigError("set warmup_steps or warmup_ratio, not both", field="train.warmup_steps")
     _positive("train.weight_decay", tr.weight_decay, allow_zero=True)
+    _positive("train.max_grad_norm", tr.max_grad_norm, allow_zero=True)
     if tr.max_steps is None:
         _positive("train.epochs", tr.epochs)
     else:
@@ -249,13 +305,20 @@ def _check_rules(cfg: DictConfig) -> None:
     _one_of("train.scheduler", tr.scheduler, ("linear", "cosine", "constant", "constant_with_warmup"))
     _one_of("train.precision", tr.precision, ("bf16", "fp16", "fp32"))
     _one_of("train.loss_on", tr.loss_on, ("completion", "all"))
-    _one_of("train.optimizer", tr.optimizer, ("adamw_torch", "adamw_8bit", "paged_adamw_8bit",
-                                              "paged_adamw_32bit", "sgd"))
+    _one_of("train.optimizer", tr.optimizer, ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit",
+                                              "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"))
     _one_of("eval.mode", cfg.eval.mode, ("greedy", "score"))
     _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
     _positive("eval.batch_size", cfg.eval.batch_size)
     for s in cfg.eval.splits:
         _one_of("eval.splits", s, ("train", "dev", "test"))
+    if not cfg.eval.splits and not cfg.eval.data:
+        raise ConfigError("nothing to evaluate: list splits or set eval.data", field="eval.splits")
+    _positive("eval.baseline.ngram_max", cfg.eval.baseline.ngram_max)
+    _positive("eval.baseline.min_df", cfg.eval.baseline.min_df)
+    _positive("eval.baseline.c", cfg.eval.baseline.c)
+    if cfg.carbon.hours is not None:
+        _positive("carbon.hours", cfg.carbon.hours, allow_zero=True)
     for key in ("device_power_w", "pue", "carbon_intensity_kg_per_kwh"):
         _positive(f"carbon.{key}", cfg.carbon[key])
 

@@ -1,0 +1,74 @@
+"""The base_model and train stages under real DVC, with a tiny local model and a generated DynaHate mirror:
+`dvc repro train` trains, a second repro runs nothing, `dvc exp run -S lora.r=16 train` reruns only train."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from integration.conftest import run  # tests/ is on sys.path
+from upstream_fixtures import write_dynahate
+
+
+def _set(yaml_file: Path, **values) -> None:
+    """Set top-level keys of a conf/ YAML file (keeps it a plain mapping)."""
+    data = yaml.safe_load(yaml_file.read_text()) or {}
+    for dotted, value in values.items():
+        node, *rest = dotted.split("__")
+        if rest:
+            data.setdefault(node, {})[rest[0]] = value
+        else:
+            data[node] = value
+    yaml_file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture
+def tiny_project(project_repo, tmp_path, tiny_model_dir):
+    """The project with conf/ pointing at the tiny model and sized for seconds; params.yaml recomposed."""
+    conf = project_repo / "conf"
+    _set(conf / "model" / "smollm2_135m_instruct.yaml", path=str(tiny_model_dir))
+    _set(conf / "train" / "cpu.yaml", max_steps=4, batch_size=4, save_steps=2, logging_steps=1, eval_examples=4)
+    _set(conf / "config.yaml", data__max_examples={"train": 24, "dev": 8, "test": 8})
+    run(["python", "-m", "hatetune.config", "compose"], project_repo)
+    run(["git", "add", "-A"], project_repo)
+    run(["git", "commit", "-qm", "tiny settings"], project_repo)
+    write_dynahate(tmp_path / "mirror" / "dynahate" / "dynahate_v0.2.2_dev.csv", n_single=60, n_pairs=30)
+    return project_repo, {"HATETUNE_MIRROR": str(tmp_path / "mirror"), "OMP_NUM_THREADS": "1"}
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def test_repro_train_then_nothing_then_exp_run_reruns_only_train(tiny_project):
+    repo, env = tiny_project
+    dvc_yaml = (repo / "dvc.yaml").read_text()
+
+    first = run(["dvc", "repro", "train"], repo, env=env)
+    assert ran_stages(first.stdout) == ["download", "labels", "convert", "base_model", "train"], first.stdout
+    adapter = repo / "models/adapter/dynahate"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+    assert (adapter / "adapter_model.safetensors").is_file()
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert metrics["global_step"] == 4 and metrics["train_rows"] == 24
+    assert (repo / "metrics/train_curves/plots/metrics/loss.tsv").is_file()
+    assert json.loads((repo / "metrics/carbon/train.json").read_text())["energy_kwh"] > 0
+    assert (repo / "dvc.yaml").read_text() == dvc_yaml  # dvclive did not touch it
+    assert "step 4/4" in first.stdout and "loss" in first.stdout  # one line per log step
+
+    again = run(["dvc", "repro", "train"], repo, env=env)
+    assert ran_stages(again.stdout) == [], again.stdout
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert any("metrics/train.json" in files.get("data", {}) for files in shown.values()), shown
+    plots = run(["dvc", "plots", "show", "--json"], repo).stdout
+    assert "metrics/train_curves/plots/metrics" in plots
+
+    exp = run(["dvc", "exp", "run", "-S", "lora.r=16", "train"], repo, env=env)
+    assert ran_stages(exp.stdout) == ["train"], exp.stdout
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["lora_alpha"] == 32  # alpha null -> 2 x r
+    assert json.loads((repo / "metrics/train.json").read_text())["resumed_from_step"] == 0  # r=8 checkpoints unused
