@@ -338,6 +338,22 @@ def test_two_processes_train_with_torchrun_on_cpu(stage_dir, tiny_model_dir):
     assert carbon["stage"] == "train" and carbon["duration_s"] > 0
 
 
+def test_stage_fails_in_one_line_on_a_bad_row_and_writes_nothing(stage_dir, tiny_model_dir):
+    train_file = stage_dir / "data/processed/dynahate/train.jsonl"
+    lines = train_file.read_text().splitlines()
+    bad = json.loads(lines[2])
+    del bad["output"]
+    lines[2] = json.dumps(bad)
+    train_file.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run(_stage_cmd(stage_dir, tiny_model_dir), cwd=stage_dir, env=_env(stage_dir),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "train.jsonl, row 3, field 'output'" in last
+    assert not (stage_dir / "models/adapter").exists() and not (stage_dir / "metrics/train.json").exists()
+    assert not (stage_dir / "metrics/carbon/train.json").exists()
+
+
 def test_stage_help_is_its_docstring():
     proc = subprocess.run([sys.executable, "-m", "stages.train", "--help"], cwd=ROOT, capture_output=True,
                           text=True, env=_env(ROOT))
