@@ -7,6 +7,8 @@ from omegaconf import OmegaConf
 
 from hatetune import config
 
+from conftest import ROOT
+
 ALL_LINEAR_7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FULL_DATA = {"train": None, "dev": None, "test": None}
 
@@ -114,3 +116,12 @@ def test_warmup_steps_and_ratio_are_exclusive():
         config.validate(config.compose(["train.warmup_steps=5"]))  # the default already sets a ratio
     cfg = config.validate(config.compose(["train.warmup_steps=5", "train.warmup_ratio=0"]))
     assert cfg.train.warmup_steps == 5
+
+
+def test_stophate_preset_carries_its_published_carbon_accounting(monkeypatch):
+    """Seed A: 9 h x 300 W (RTX A6000) x PUE 1 x 0.432 kg/kWh = 1.17 kg CO2eq, straight from the preset."""
+    from hatetune.carbon import estimate_from_config
+
+    monkeypatch.chdir(ROOT)
+    cfg = config.validate(config.compose(["+experiment=stophate_llama2_13b"]))
+    assert round(estimate_from_config(cfg.carbon)["emissions_kg"], 2) == 1.17
