@@ -44,3 +44,37 @@ def project_repo(tmp_path, git_identity) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "project"], repo)
     return repo
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran, in order."""
+    import re
+
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def make_tiny_project(repo: Path, tmp_path: Path, model_dir: Path, train: dict, max_examples: dict,
+                      eval: dict | None = None) -> tuple[Path, dict]:
+    """Point the project's conf/ at a tiny local model, size it for seconds, recompose params.yaml and commit;
+    write a generated DynaHate mirror. Returns the repo and the environment for its dvc commands."""
+    import yaml
+
+    from upstream_fixtures import write_dynahate
+
+    def update(path: Path, values: dict) -> None:
+        data = yaml.safe_load(path.read_text()) or {}
+        for key, value in values.items():
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    conf = repo / "conf"
+    update(conf / "model" / "smollm2_135m_instruct.yaml", {"path": str(model_dir)})
+    update(conf / "train" / "cpu.yaml", train)
+    if eval:
+        update(conf / "eval" / "default.yaml", eval)
+    update(conf / "config.yaml", {"data": {"max_examples": max_examples}})
+    run(["python", "-m", "hatetune.config", "compose"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny settings"], repo)
+    write_dynahate(tmp_path / "mirror" / "dynahate" / "dynahate_v0.2.2_dev.csv", n_single=60, n_pairs=30)
+    return repo, {"HATETUNE_MIRROR": str(tmp_path / "mirror"), "OMP_NUM_THREADS": "1"}

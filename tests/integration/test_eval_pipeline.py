@@ -4,43 +4,21 @@ evaluation nor the baseline; `dvc metrics show/diff` see the results; any Alpaca
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import pytest
-import yaml
 
-from integration.conftest import run  # tests/ is on sys.path
-from upstream_fixtures import write_dynahate
+from integration.conftest import make_tiny_project, ran_stages, run  # tests/ is on sys.path
 
 ALL_STAGES = {"download", "labels", "convert", "base_model", "train", "evaluate", "evaluate_zeroshot", "baseline",
               "report"}
 
 
-def _update(path: Path, values: dict) -> None:
-    data = yaml.safe_load(path.read_text()) or {}
-    for key, value in values.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
 @pytest.fixture
 def tiny_project(project_repo, tmp_path, tiny_model_dir):
-    conf = project_repo / "conf"
-    _update(conf / "model" / "smollm2_135m_instruct.yaml", {"path": str(tiny_model_dir)})
-    _update(conf / "train" / "cpu.yaml", {"max_steps": 2, "batch_size": 4, "save_steps": 2, "logging_steps": 1,
-                                          "eval_examples": 4})
-    _update(conf / "eval" / "default.yaml", {"batch_size": 4})
-    _update(conf / "config.yaml", {"data": {"max_examples": {"train": 16, "dev": 4, "test": 8}}})
-    run(["python", "-m", "hatetune.config", "compose"], project_repo)
-    run(["git", "add", "-A"], project_repo)
-    run(["git", "commit", "-qm", "tiny settings"], project_repo)
-    write_dynahate(tmp_path / "mirror" / "dynahate" / "dynahate_v0.2.2_dev.csv", n_single=60, n_pairs=30)
-    return project_repo, {"HATETUNE_MIRROR": str(tmp_path / "mirror"), "OMP_NUM_THREADS": "1"}
-
-
-def ran_stages(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
+    return make_tiny_project(project_repo, tmp_path, tiny_model_dir,
+                             train={"max_steps": 2, "batch_size": 4, "save_steps": 2, "logging_steps": 1,
+                                    "eval_examples": 4},
+                             max_examples={"train": 16, "dev": 4, "test": 8}, eval={"batch_size": 4})
 
 
 def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_project):

@@ -3,44 +3,19 @@
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import pytest
-import yaml
 
-from integration.conftest import run  # tests/ is on sys.path
-from upstream_fixtures import write_dynahate
-
-
-def _set(yaml_file: Path, **values) -> None:
-    """Set top-level keys of a conf/ YAML file (keeps it a plain mapping)."""
-    data = yaml.safe_load(yaml_file.read_text()) or {}
-    for dotted, value in values.items():
-        node, *rest = dotted.split("__")
-        if rest:
-            data.setdefault(node, {})[rest[0]] = value
-        else:
-            data[node] = value
-    yaml_file.write_text(yaml.safe_dump(data, sort_keys=False))
+from integration.conftest import make_tiny_project, ran_stages, run  # tests/ is on sys.path
 
 
 @pytest.fixture
 def tiny_project(project_repo, tmp_path, tiny_model_dir):
     """The project with conf/ pointing at the tiny model and sized for seconds; params.yaml recomposed."""
-    conf = project_repo / "conf"
-    _set(conf / "model" / "smollm2_135m_instruct.yaml", path=str(tiny_model_dir))
-    _set(conf / "train" / "cpu.yaml", max_steps=4, batch_size=4, save_steps=2, logging_steps=1, eval_examples=4)
-    _set(conf / "config.yaml", data__max_examples={"train": 24, "dev": 8, "test": 8})
-    run(["python", "-m", "hatetune.config", "compose"], project_repo)
-    run(["git", "add", "-A"], project_repo)
-    run(["git", "commit", "-qm", "tiny settings"], project_repo)
-    write_dynahate(tmp_path / "mirror" / "dynahate" / "dynahate_v0.2.2_dev.csv", n_single=60, n_pairs=30)
-    return project_repo, {"HATETUNE_MIRROR": str(tmp_path / "mirror"), "OMP_NUM_THREADS": "1"}
-
-
-def ran_stages(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
+    return make_tiny_project(project_repo, tmp_path, tiny_model_dir,
+                             train={"max_steps": 4, "batch_size": 4, "save_steps": 2, "logging_steps": 1,
+                                    "eval_examples": 4},
+                             max_examples={"train": 24, "dev": 8, "test": 8})
 
 
 def test_repro_train_then_nothing_then_exp_run_reruns_only_train(tiny_project):
