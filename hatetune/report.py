@@ -305,8 +305,8 @@ def model_card(cfg, split: str, systems: Mapping[str, Optional[Mapping]], train:
         'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
         "# build the prompt exactly as above (hatetune.prompts.build_prompt), then greedy-decode a few tokens",
         "```", "",
-        f"or score a JSONL file with hatetune: `python -m stages.evaluate eval.data=my_rows.jsonl "
-        f"eval.adapter_dir=path/to/this/folder`.", "",
+        "or score a JSONL file with hatetune: `python -m stages.evaluate eval.data=my_rows.jsonl "
+        "eval.adapter_dir=path/to/this/folder`.", "",
         "## Evaluation", "",
         f"`{split}` split; same prompts, decoding and parser for the fine-tuned and the zero-shot model.", "",
         results_table(systems), "",

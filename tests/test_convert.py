@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hatetune import labels, sources
+from hatetune import labels
 from upstream_fixtures import write_dynahate, write_mhs
 
 ROOT = Path(__file__).resolve().parents[1]
