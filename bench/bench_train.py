@@ -32,15 +32,15 @@ BATCHING = {"grouped": ("group_by_length", False), "dynamic": ("random", False),
 def _setup(threads: int, examples: int):
     import torch
 
-    from hatetune import config, models, training
+    from hatetune import config, models, paths, sft_data
     from hatetune.io import read_jsonl
 
     torch.set_num_threads(threads)
     cfg = config.load([], ROOT / "params.yaml")
-    base = ROOT / models.base_model_dir(cfg)
-    tok = models.load_tokenizer(base, "right")
-    rows = read_jsonl(ROOT / training.processed_dir(cfg) / "train.jsonl")[:examples]
-    encoded, _ = training.encode_rows(rows, cfg.task.prompt, tok, cfg.train.cutoff_len, cfg.train.loss_on)
+    base = ROOT / paths.base_model_dir(cfg.model.name)
+    tok = models.load_tokenizer(base, cfg.model, padding_side="right")
+    rows = read_jsonl(ROOT / paths.split_file(cfg.task.name, "train"))[:examples]
+    encoded, _ = sft_data.encode_rows(rows, cfg.task.prompt, tok, cfg.train.cutoff_len, cfg.train.loss_on)
     return cfg, base, tok, encoded
 
 
@@ -50,7 +50,7 @@ def _batches(cfg, tok, encoded, mode: str) -> list[dict]:
     from torch.utils.data import RandomSampler
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from hatetune import training
+    from hatetune import sft_data
 
     sampler, pad_to_cutoff = BATCHING[mode]
     bs = cfg.train.batch_size
@@ -59,14 +59,14 @@ def _batches(cfg, tok, encoded, mode: str) -> list[dict]:
         order = list(LengthGroupedSampler(bs, lengths=[len(e["input_ids"]) for e in encoded], generator=generator))
     else:
         order = list(RandomSampler(encoded, generator=generator))
-    collate = training.PaddingCollator(tok.pad_token_id, pad_to=cfg.train.cutoff_len if pad_to_cutoff else None)
+    collate = sft_data.PaddingCollator(tok.pad_token_id, pad_to=cfg.train.cutoff_len if pad_to_cutoff else None)
     return [collate([encoded[i] for i in order[s:s + bs]]) for s in range(0, len(order), bs)]
 
 
 def _model_and_step(cfg, base, four_bit: bool):
     import torch
 
-    from hatetune import models, training
+    from hatetune import models, sft_data, training
 
     model = training.attach_lora(models.load_model(cfg.model, base, quantize=four_bit, trainable=True,
                                                    dtype="bfloat16"), cfg)
@@ -76,7 +76,7 @@ def _model_and_step(cfg, base, four_bit: bool):
         batch = dict(batch)
         labels, keep = batch.pop("labels"), batch.pop("logits_to_keep", 0)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = training.completion_loss(model(**batch, logits_to_keep=keep), labels)
+            loss = sft_data.completion_loss(model(**batch, logits_to_keep=keep), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -106,14 +106,12 @@ def throughput(examples: int, threads: int) -> dict:
 
 
 def memory(examples: int, threads: int, four_bit: bool) -> dict:
-    import psutil
-
     from hatetune import training
 
     cfg, base, tok, encoded = _setup(threads, examples)
     batches = _batches(cfg, tok, encoded, "grouped")
     model, step = _model_and_step(cfg, base, four_bit)
-    after_load = psutil.Process().memory_info().rss / 2**20
+    after_load = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     weights = model.get_base_model().get_memory_footprint() / 2**20  # parameters + buffers, as stored
     started = time.perf_counter()
     for batch in batches:

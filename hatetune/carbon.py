@@ -13,7 +13,6 @@ from typing import Iterator, Optional
 
 from .io import write_json
 
-CARBON_DIR = Path("metrics/carbon")
 # The fields of codecarbon's EmissionsData kept in metrics/carbon/<stage>.json (units in the names).
 FIELDS = {"duration": "duration_s", "energy_consumed": "energy_kwh", "emissions": "emissions_kg",
           "cpu_energy": "cpu_energy_kwh", "gpu_energy": "gpu_energy_kwh", "ram_energy": "ram_energy_kwh",
@@ -23,15 +22,9 @@ FIELDS = {"duration": "duration_s", "energy_consumed": "energy_kwh", "emissions"
           "codecarbon_version": "codecarbon_version"}
 
 
-def carbon_metrics_path(stage: str) -> Path:
-    """metrics/carbon/<stage>.json: what `track_emissions` writes for a stage."""
-    return CARBON_DIR / f"{stage}.json"
-
-
 @contextlib.contextmanager
-def track_emissions(stage: str, country_iso_code: str, out_path: Optional[str | Path] = None,
-                    enabled: bool = True) -> Iterator[dict]:
-    """Measure energy and emissions of the block; on success write them to `out_path` (default per stage).
+def track_emissions(stage: str, country_iso_code: str, out_path: str | Path, enabled: bool = True) -> Iterator[dict]:
+    """Measure energy and emissions of the block; on success write them to `out_path`.
 
     Yields the dict that is filled in (and written) when the block ends. Nothing is written if the block
     raises, so a failed stage leaves no half-true measurement behind.
@@ -54,7 +47,7 @@ def track_emissions(stage: str, country_iso_code: str, out_path: Optional[str | 
     tracker.stop()
     data = dataclasses.asdict(tracker.final_emissions_data)
     result.update({"stage": stage, **{name: data.get(key) for key, name in FIELDS.items()}})
-    write_json(out_path or carbon_metrics_path(stage), result)
+    write_json(out_path, result)
 
 
 # ------------------------------------------------------------------------------ estimate and per-stage table
@@ -78,7 +71,7 @@ def estimate_from_config(carbon_cfg, measured_hours: Optional[float] = None) -> 
     return result
 
 
-def read_stage_measurements(carbon_dir: str | Path = CARBON_DIR, exclude: tuple = ("total",)) -> dict:
+def read_stage_measurements(carbon_dir: str | Path, exclude: tuple = ("total",)) -> dict:
     """{stage: codecarbon measurement} of every metrics/carbon/<stage>.json present, by stage name."""
     import json
 

@@ -36,13 +36,31 @@ class ConfigError(HatetuneError):
         return f"config error: {self.field}: {self.message}" if self.field else f"config error: {self.message}"
 
 
+class UndeclaredParamError(HatetuneError):
+    """A stage read a params key that its dvc.yaml entry does not declare (see config.stage_view)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"this stage reads the params key '{key}', which its dvc.yaml entry does not declare, so "
+                         f"DVC would not rerun it when the key changes: add `{key}` to the stage's params")
+
+
 def exit_on_error(main: Callable) -> Callable:
-    """Decorator for stage entry points: a HatetuneError becomes one line on stderr and exit code 2."""
+    """Decorator for stage entry points: a HatetuneError becomes one line on stderr and exit code 2.
+
+    A read of an undeclared params key (OmegaConf's "not in struct" on a stage's view) becomes one too.
+    """
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
         try:
             return main(*args, **kwargs)
+        except (ConfigAttributeError, ConfigKeyError) as err:
+            if "not in struct" not in str(err) or not getattr(err, "full_key", None):
+                raise
+            print(f"error: {UndeclaredParamError(err.full_key)}", file=sys.stderr)
+            sys.exit(2)
         except HatetuneError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)

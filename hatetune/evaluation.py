@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from . import metrics as M
+from . import paths
 from .errors import HatetuneError
-from .io import atomic_path, read_jsonl, write_json
-
-PROCESSED_ROOT = Path("data/processed")
-METRICS_ROOT = Path("metrics")
+from .io import atomic_path, read_jsonl, write_json, write_jsonl
+from .plots import plot_confusion
 
 
 def output_base(cfg) -> Path:
@@ -26,8 +25,8 @@ def output_base(cfg) -> Path:
     if cfg.eval.output:
         return Path(cfg.eval.output)
     if cfg.eval.data:
-        return METRICS_ROOT / "external" / Path(cfg.eval.data).stem
-    return METRICS_ROOT / ("eval" if cfg.eval.adapter else "zeroshot")
+        return paths.external_results_base(cfg.eval.data)
+    return paths.results_base(paths.EVAL if cfg.eval.adapter else paths.ZEROSHOT)
 
 
 def carbon_stage(cfg) -> Optional[str]:
@@ -41,7 +40,7 @@ def eval_files(cfg) -> Dict[str, Path]:
     """{set name: Alpaca JSONL}: eval.data alone when given, else data/processed/<task>/<split>.jsonl."""
     if cfg.eval.data:
         return {Path(cfg.eval.data).stem: Path(cfg.eval.data)}
-    return {split: PROCESSED_ROOT / cfg.task.name / f"{split}.jsonl" for split in cfg.eval.splits}
+    return {split: paths.split_file(cfg.task.name, split) for split in cfg.eval.splits}
 
 
 def load_rows(path: Path, labels: Sequence[str]) -> tuple[List[dict], List[str]]:
@@ -70,19 +69,21 @@ def load_rows(path: Path, labels: Sequence[str]) -> tuple[List[dict], List[str]]
 
 
 def score(rows: Sequence[Mapping], gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str],
-          outputs: Optional[Sequence[str]] = None, other: Optional[Sequence[str]] = None,
-          other_name: str = "score_label") -> dict:
-    """Metrics and per-example records of one evaluated set (pure: nothing is written)."""
+          outputs: Optional[Sequence[str]] = None, columns: Optional[Mapping[str, Sequence]] = None,
+          extra_metrics: Optional[Mapping] = None) -> dict:
+    """Metrics and per-example records of one evaluated set (pure: nothing is written).
+
+    `columns`: more per-example values for the records (e.g. the other mode's label, the label scores);
+    `extra_metrics`: more numbers for the metrics (e.g. agreements, truncated prompts).
+    """
     result = M.classification_metrics(gold, predicted, labels)
-    if other is not None:
-        result["agreement_greedy_score"] = M.agreement(predicted, other)
+    result.update(extra_metrics or {})
     outputs = outputs if outputs is not None else predicted
     records = []
     for i, row in enumerate(rows):
         record = {"id": row.get("id", str(i + 1)), "text": row["input"], "gold": gold[i],
                   "raw_output": outputs[i], "predicted": predicted[i]}
-        if other is not None:
-            record[other_name] = other[i]
+        record.update({name: values[i] for name, values in (columns or {}).items()})
         records.append(record)
     return {"metrics": result, "records": records,
             "report": M.classification_report_text(gold, predicted, labels),
@@ -99,22 +100,19 @@ def confusion_csv(records: Sequence[Mapping]) -> str:
 
 def write_results(base: Path, results: Mapping[str, dict], run_info: Mapping, title: str) -> None:
     """`<base>.json` and the `<base>/` folder, each written atomically (complete or not at all)."""
-    from . import report
-    from .io import write_jsonl
-
     base = Path(base)
     with atomic_path(base) as tmp:
         tmp.mkdir(parents=True)
         for name, result in results.items():
             folder = tmp / name
             folder.mkdir()
-            write_jsonl(folder / "predictions.jsonl", result["records"])
-            (folder / "confusion.csv").write_text(confusion_csv(result["records"]), encoding="utf-8")
+            write_jsonl(folder / paths.PREDICTIONS_FILE, result["records"])
+            (folder / paths.CONFUSION_FILE).write_text(confusion_csv(result["records"]), encoding="utf-8")
             (folder / "classification_report.txt").write_text(result["report"], encoding="utf-8")
             names, counts = result["confusion"]
-            report.plot_confusion(names, counts, folder / "confusion.png", f"{title} ({name})")
+            plot_confusion(names, counts, folder / "confusion.png", f"{title} ({name})")
         write_json(tmp / "run.json", dict(run_info))
-    write_json(base.with_name(base.name + ".json"), {name: r["metrics"] for name, r in results.items()})
+    write_json(paths.results_json(base), {name: r["metrics"] for name, r in results.items()})
 
 
 def summary_line(name: str, m: Mapping) -> str:
@@ -122,4 +120,6 @@ def summary_line(name: str, m: Mapping) -> str:
             f"(with invalid: {m['macro_f1_with_invalid']:.4f}) invalid={m['invalid_rate']:.2%}")
     if "agreement_greedy_score" in m:
         line += f" greedy/score agreement={m['agreement_greedy_score']:.2%}"
+    if m.get("truncated_prompts"):
+        line += f" truncated prompts={m['truncated_prompts']}"
     return line

@@ -1,31 +1,43 @@
-"""Batched greedy generation and label scoring over many prompts: the work of the evaluate stage.
+"""Batched greedy generation and label scoring over many prompts: the work of the evaluate stage and the service.
 
-Speed comes from doing each piece of work once, with no per-example loop:
+Each piece of work is done once, with no per-example loop:
 - the tokens every prompt starts with (system turn + instruction, ~3/4 of a DynaHate prompt) go through the
   model once; their key/value cache is shared by every batch (`SharedPrefix`, `eval.prefix_cache`);
 - prompts are sorted by length, so a batch holds prompts of similar length and left padding wastes little;
-- greedy decoding stops as soon as every prompt of a batch has produced EOS (labels are 1-3 tokens);
-- score mode needs no decoding: one forward pass per batch, last position only, when the labels' first tokens
-  differ (they do for DynaHate and MHS); otherwise each label's continuation (+ EOS) is scored in batched passes.
-Results come back in input order. Keep the batch size fixed between runs you compare: in low precision a few
-near-tied argmaxes depend on what else is in the batch (and on whether the prefix was computed separately).
+- one prompt pass per batch serves both modes: its last logits give every label's first-token log-probability
+  and the first greedy token; the labels' remaining tokens (+ EOS) are scored in one more pass over the cached
+  prompts (each label a row), and greedy decoding continues from the same cache until every row wrote EOS.
+Results come back in input order. Greedy decoding is plain argmax (no sampling, no penalties). Keep the batch
+size fixed between runs you compare: in low precision a few near-tied argmaxes depend on the batch.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
-from .prompts import build_prompt
+from .errors import HatetuneError
+from .prompts import PROBE_ANSWER, answer_length, encode_prompt, encode_row, fit_to_cutoff
 
 
 # --------------------------------------------------------------------------------------------- prompts
-def encode_prompts(rows: Sequence[Mapping], prompt_cfg: Mapping, tokenizer) -> List[List[int]]:
-    """Token ids of each row's prompt: `prompts.build_prompt` text, encoded by `training.encode_prompt`, i.e.
-    exactly what the model was trained on (BOS only where the template does not write it itself)."""
-    from .training import encode_prompt
+def encode_prompts(rows: Sequence[Mapping], prompt_cfg: Mapping, tokenizer, cutoff_len: int, answer_len: int,
+                   answer_start: str = PROBE_ANSWER) -> tuple[List[List[int]], List[bool]]:
+    """Token ids of each row's prompt exactly as training tokenises them (before an answer starting with
+    `answer_start`), cut by training's rule so that an answer of `answer_len` tokens fits in `cutoff_len`; and
+    which prompts were cut."""
+    encoded = [fit_to_cutoff(encode_prompt(row, prompt_cfg, tokenizer, answer_start), answer_len, cutoff_len)
+               for row in rows]
+    return [ids for ids, _ in encoded], [cut for _, cut in encoded]
 
-    return [encode_prompt(build_prompt(row, prompt_cfg, tokenizer), prompt_cfg, tokenizer) for row in rows]
+
+def label_continuations(labels: Sequence[str], row: Mapping, prompt_cfg: Mapping, tokenizer) -> List[List[int]]:
+    """Each label's answer ids (as training tokenises the answer, EOS included) after the prompt of `row`."""
+    conts = [encode_row({**row, "output": label}, prompt_cfg, tokenizer)[1] for label in labels]
+    for label, ids in zip(labels, conts):
+        if len(ids) < 2:
+            raise ValueError(f"label {label!r} tokenizes to nothing")
+    return conts
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int, sort: bool = True) -> List[List[int]]:
@@ -35,7 +47,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, sort: bool = 
 
 
 def pad_left(batch: Sequence[Sequence[int]], pad_id: int):
-    """input_ids, attention_mask and position_ids (as `generate` computes them) of a left-padded batch."""
+    """input_ids, attention_mask and position_ids (counting real tokens only) of a left-padded batch."""
     import torch
 
     width = max(len(ids) for ids in batch)
@@ -53,6 +65,18 @@ def model_device(model):
     return next(model.parameters()).device
 
 
+def last_positions(n: int = 1):
+    """`logits_to_keep` selecting the last `n` positions as an index tensor, not an int.
+
+    With an int the model slices `hidden[:, -n:, :]`, a non-contiguous view that torch's linear cannot fold
+    into one matmul on CPU: it broadcasts the vocab projection into a [batch, hidden, vocab] copy (0.9 GB and
+    ~1 s per batch for SmolLM2). An index tensor gathers a contiguous copy first.
+    """
+    import torch
+
+    return torch.arange(-n, 0)
+
+
 def shared_prefix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
     """How many leading tokens all prompts share, leaving every prompt at least one token of its own."""
     if not prompt_ids:
@@ -62,6 +86,12 @@ def shared_prefix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
     while n < limit and all(p[n] == first[n] for p in prompt_ids):
         n += 1
     return n
+
+
+def _cache(layers, config):
+    from transformers import DynamicCache
+
+    return DynamicCache(list(layers), config=config)
 
 
 class SharedPrefix:
@@ -76,53 +106,28 @@ class SharedPrefix:
 
         self.model, self.device = model, model_device(model)
         self.length = shared_prefix_length(prompt_ids) if enabled else 0
-        self.ids = list(prompt_ids[0][:self.length]) if self.length else []
         self.kv = []
         if self.length:
             with torch.inference_mode():
-                cache = model(input_ids=torch.tensor([self.ids], device=self.device), use_cache=True,
-                              logits_to_keep=last_positions()).past_key_values
+                cache = model(input_ids=torch.tensor([list(prompt_ids[0][:self.length])], device=self.device),
+                              use_cache=True, logits_to_keep=last_positions()).past_key_values
             self.kv = [(layer.keys, layer.values) for layer in cache.layers]
 
-    def batch_inputs(self, batch_ids: Sequence[Sequence[int]], pad_id: int, for_generate: bool = False) -> dict:
-        """Model inputs for a batch of full prompt ids (their shared prefix is replaced by the cache).
-
-        `for_generate`: input_ids hold the prefix too (generate slices off what the cache covers) and no
-        position ids (generate derives the same ones from the attention mask).
-        """
+    def batch_inputs(self, batch_ids: Sequence[Sequence[int]], pad_id: int) -> dict:
+        """Model inputs for a batch of full prompt ids (their shared prefix is replaced by the cache)."""
         import torch
-        from transformers import DynamicCache
 
         input_ids, attention_mask, position_ids = (t.to(self.device) for t in
                                                    pad_left([ids[self.length:] for ids in batch_ids], pad_id))
         if not self.length:
-            return {"input_ids": input_ids, "attention_mask": attention_mask,
-                    **({} if for_generate else {"position_ids": position_ids})}
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         n = len(batch_ids)
         attention_mask = torch.cat([torch.ones((n, self.length), dtype=torch.long, device=self.device),
                                     attention_mask], dim=1)
-        cache = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.kv],
-                             config=self.model.config)
-        if for_generate:
-            prefix = torch.tensor([self.ids], dtype=torch.long, device=self.device).expand(n, -1)
-            return {"input_ids": torch.cat([prefix, input_ids], dim=1), "attention_mask": attention_mask,
-                    "past_key_values": cache}
+        cache = _cache(((k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.kv), self.model.config)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, self.length:]
         return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-                "past_key_values": cache, "use_cache": True}
-
-
-def last_positions(n: int = 1):
-    """`logits_to_keep` selecting the last `n` positions as an index tensor, not an int.
-
-    With an int the model slices `hidden[:, -n:, :]`, a non-contiguous view that torch's linear cannot fold
-    into one matmul on CPU: it broadcasts the vocab projection into a [batch, hidden, vocab] copy (0.9 GB and
-    ~1 s per batch for SmolLM2). An index tensor gathers a contiguous copy first; negative indices also work
-    for generate's one-token decoding steps.
-    """
-    import torch
-
-    return torch.arange(-n, 0)  # indexes the hidden states on any device (a CPU index tensor is accepted)
+                "past_key_values": cache}
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -131,161 +136,151 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, dynamic_ncols=True, mininterval=1.0)
 
 
-# ------------------------------------------------------------------------------------------- labels
-def label_token_ids(tokenizer, labels: Sequence[str]) -> List[List[int]]:
-    """Each label as the model writes it after the prompt (no special tokens)."""
-    ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
-    for label, token_ids in zip(labels, ids):
-        if not token_ids:
-            raise ValueError(f"label {label!r} tokenizes to nothing")
-    return ids
-
-
-def first_tokens_differ(label_ids: Sequence[Sequence[int]]) -> bool:
-    firsts = [ids[0] for ids in label_ids]
-    return len(set(firsts)) == len(firsts)
-
-
+# --------------------------------------------------------------------------------------------------- run
 @dataclass
 class Predictions:
     """Per-example results in input order, plus how long the model work took."""
 
-    outputs: List[str]  # generated text (greedy) or the chosen label (score)
-    labels: List[Optional[str]]  # the label scoring picks (None where not scored)
+    texts: List[str] = field(default_factory=list)  # greedy answers (empty without greedy decoding)
+    log_probs: List[List[float]] = field(default_factory=list)  # each label's answer + EOS, summed
+    first_token_log_probs: List[List[float]] = field(default_factory=list)  # each label's first token only
     seconds: float = 0.0
-    log_probs: List[List[float]] = field(default_factory=list)  # score mode: one value per label
 
 
-# ------------------------------------------------------------------------------------------- greedy
-def generate_greedy(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-                    batch_size: int, labels: Optional[Sequence[str]] = None, sort: bool = True,
-                    prefix_cache: bool = True, progress: bool = True, desc: str = "greedy") -> Predictions:
-    """Greedy decoding of every prompt, batched, left-padded, stopping at EOS.
-
-    With `labels` whose first tokens differ, the first decoding step's logits also give score mode's answer
-    (`Predictions.labels`): the same forward pass, so greedy/score agreement costs nothing.
-    """
+def _score_continuations(model, cache, attention_mask, last_pos, first_logp, conts: Sequence[Sequence[int]],
+                         pad_id: int):
+    """Log-likelihood of each continuation after each prompt: [batch, labels]. `first_logp` ([batch, vocab]) is
+    the prompt pass's last position; the continuations' later tokens come from one pass over the cache, with
+    every (prompt, label) pair a row (right-padded, so the padding follows every token that counts)."""
     import torch
 
-    start = time.perf_counter()
-    eos_ids = _eos_ids(model, tokenizer)
-    label_ids = label_token_ids(tokenizer, labels) if labels else None
-    firsts = [ids[0] for ids in label_ids] if label_ids and first_tokens_differ(label_ids) else None
-    outputs: List[str] = [""] * len(prompt_ids)
-    scored: List[Optional[str]] = [None] * len(prompt_ids)
-    prefix = SharedPrefix(model, prompt_ids, enabled=prefix_cache)
-    with torch.inference_mode(), _progress(len(prompt_ids), desc, progress) as bar:
-        for batch in length_sorted_batches([len(p) for p in prompt_ids], batch_size, sort):
-            inputs = prefix.batch_inputs([prompt_ids[i] for i in batch], tokenizer.pad_token_id, for_generate=True)
-            out = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                                 eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id,
-                                 return_dict_in_generate=True, output_logits=firsts is not None,
-                                 logits_to_keep=last_positions())
-            texts = tokenizer.batch_decode(out.sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            choice = out.logits[0][:, firsts].argmax(-1).tolist() if firsts is not None else None
-            for j, i in enumerate(batch):
-                outputs[i] = texts[j].strip()
-                if choice is not None:
-                    scored[i] = labels[choice[j]]
-            bar.update(len(batch))
-    return Predictions(outputs, scored, time.perf_counter() - start)
+    batch, k = first_logp.shape[0], len(conts)
+    width = max(len(c) for c in conts) - 1  # the last token (EOS) is predicted, never fed
+    feed = torch.full((k, max(width, 1)), pad_id, dtype=torch.long)
+    for j, cont in enumerate(conts):
+        feed[j, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
+    feed = feed.repeat(batch, 1).to(first_logp.device)
+    expanded = _cache(((layer.keys.repeat_interleave(k, 0), layer.values.repeat_interleave(k, 0))
+                       for layer in cache.layers), model.config)
+    mask = torch.cat([attention_mask.repeat_interleave(k, 0), torch.ones_like(feed)], dim=1)
+    positions = last_pos.repeat_interleave(k, 0)[:, None] + 1 + torch.arange(feed.shape[1], device=feed.device)
+    logits = model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=expanded,
+                   use_cache=True, logits_to_keep=last_positions(feed.shape[1])).logits.float()
+    later = torch.log_softmax(logits, dim=-1).view(batch, k, feed.shape[1], -1)
+    scores = torch.zeros((batch, k), dtype=torch.float64)
+    for j, cont in enumerate(conts):
+        total = first_logp[:, cont[0]].double().cpu()
+        for t in range(1, len(cont)):  # position t - 1 of the fed tokens predicts cont[t]
+            total += later[:, j, t - 1, cont[t]].double().cpu()
+        scores[:, j] = total
+    return scores
 
 
-def _eos_ids(model, tokenizer) -> List[int]:
+def _greedy(model, cache, attention_mask, last_pos, first_logits, max_new_tokens: int, eos_ids, pad_id: int):
+    """Greedy continuation of every prompt from the prompt pass's cache: token ids up to and including EOS."""
+    import torch
+
+    eos = torch.tensor(sorted(eos_ids), device=first_logits.device)
+    batch = first_logits.shape[0]
+    generated = [[] for _ in range(batch)]
+    finished = torch.zeros(batch, dtype=torch.bool, device=first_logits.device)
+    next_ids = first_logits.argmax(-1)
+    for step in range(max_new_tokens):
+        for b in range(batch):
+            if not finished[b]:
+                generated[b].append(int(next_ids[b]))
+        finished |= torch.isin(next_ids, eos)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        feed = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)[:, None]
+        attention_mask = torch.cat([attention_mask, torch.ones_like(feed)], dim=1)
+        last_pos = last_pos + 1
+        out = model(input_ids=feed, attention_mask=attention_mask, position_ids=last_pos[:, None],
+                    past_key_values=cache, use_cache=True, logits_to_keep=last_positions())
+        cache, next_ids = out.past_key_values, out.logits[:, -1].argmax(-1)
+    return generated
+
+
+def eos_token_ids(model, tokenizer) -> set:
     """Every token that ends an answer: the tokenizer's EOS and the model's generation-config EOS ids."""
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
-    return sorted(i for i in ids if i is not None)
+    return {i for i in ids if i is not None}
 
 
-# -------------------------------------------------------------------------------------------- score
-def score_labels(model, tokenizer, prompt_ids: Sequence[Sequence[int]], labels: Sequence[str], batch_size: int,
-                 sort: bool = True, prefix_cache: bool = True, progress: bool = True,
-                 desc: str = "score") -> Predictions:
-    """The most likely label of each prompt by log-likelihood: every example gets a real label.
-
-    Labels with distinct first tokens: one forward pass per batch, last position only (log-softmax over the
-    vocabulary, then the labels' first tokens compared). Otherwise each (prompt, label) pair is a sequence and
-    the log-probabilities of the label's tokens + EOS are summed (EOS, so a label that is a prefix of another
-    is not favoured).
-    """
+def run(model, tokenizer, prompt_ids: Sequence[Sequence[int]], continuations: Optional[Sequence[Sequence[int]]] = None,
+        max_new_tokens: int = 0, batch_size: int = 16, sort: bool = True, prefix_cache: bool = True,
+        progress: bool = True, desc: str = "evaluate") -> Predictions:
+    """One prompt pass per batch; then score `continuations` (token ids incl. EOS) and/or decode greedily up to
+    `max_new_tokens` (0: no decoding) from it."""
     import torch
 
     start = time.perf_counter()
-    label_ids = label_token_ids(tokenizer, labels)
-    if first_tokens_differ(label_ids):
-        sequences, pairs, conts = list(prompt_ids), [(i, 0) for i in range(len(prompt_ids))], [[]]
-    else:
-        conts = [ids + [tokenizer.eos_token_id] for ids in label_ids]
-        pairs = [(i, k) for i in range(len(prompt_ids)) for k in range(len(conts))]
-        sequences = [list(prompt_ids[i]) + conts[k] for i, k in pairs]
-    firsts = [ids[0] for ids in label_ids]
-    log_probs = [[0.0] * len(labels) for _ in prompt_ids]
-    prefix = SharedPrefix(model, sequences, enabled=prefix_cache)
-    with torch.inference_mode(), _progress(len(prompt_ids), desc, progress) as bar:
-        for batch in length_sorted_batches([len(s) for s in sequences], batch_size, sort):
-            keep = max(len(conts[pairs[p][1]]) for p in batch) + 1
-            inputs = prefix.batch_inputs([sequences[p] for p in batch], tokenizer.pad_token_id)
-            logits = model(**inputs, logits_to_keep=last_positions(keep)).logits.float()
-            all_log_probs = torch.log_softmax(logits, dim=-1)
-            for j, p in enumerate(batch):
-                i, k = pairs[p]
-                if len(conts) == 1:  # first-token scoring: the last position predicts the answer's first token
-                    log_probs[i] = all_log_probs[j, -1, firsts].tolist()
-                    continue
-                # position t predicts token t + 1: the continuation's n tokens are predicted by the n positions
-                # before this (right-aligned) row's last one
-                cont = conts[k]
-                rows = all_log_probs[j, keep - 1 - len(cont): keep - 1]
-                index = torch.tensor(cont, device=rows.device).unsqueeze(-1)
-                log_probs[i][k] = float(rows.gather(-1, index).sum())
-            bar.update(len(batch) / (len(conts) if len(conts) > 1 else 1))
-    chosen = [labels[max(range(len(labels)), key=lambda k: row[k])] for row in log_probs]
-    return Predictions(list(chosen), list(chosen), time.perf_counter() - start, log_probs)
+    n = len(prompt_ids)
+    result = Predictions(texts=[""] * n if max_new_tokens else [],
+                         log_probs=[[] for _ in range(n)] if continuations else [],
+                         first_token_log_probs=[[] for _ in range(n)] if continuations else [])
+    pad_id, eos_ids = tokenizer.pad_token_id, eos_token_ids(model, tokenizer)
+    prefix = SharedPrefix(model, prompt_ids, enabled=prefix_cache)
+    with torch.inference_mode(), _progress(n, desc, progress) as bar:
+        for batch in length_sorted_batches([len(p) for p in prompt_ids], batch_size, sort):
+            inputs = prefix.batch_inputs([prompt_ids[i] for i in batch], pad_id)
+            out = model(**inputs, use_cache=True, logits_to_keep=last_positions())
+            first_logits = out.logits[:, -1].float()
+            cache, mask, last_pos = out.past_key_values, inputs["attention_mask"], inputs["position_ids"][:, -1]
+            if continuations:
+                first_logp = torch.log_softmax(first_logits, dim=-1)
+                scores = _score_continuations(model, cache, mask, last_pos, first_logp, continuations, pad_id)
+                firsts = first_logp[:, [c[0] for c in continuations]].double().cpu()
+                for j, i in enumerate(batch):
+                    result.log_probs[i] = scores[j].tolist()
+                    result.first_token_log_probs[i] = firsts[j].tolist()
+            if max_new_tokens:
+                generated = _greedy(model, cache, mask, last_pos, first_logits, max_new_tokens, eos_ids, pad_id)
+                texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+                for j, i in enumerate(batch):
+                    result.texts[i] = texts[j].strip()
+            bar.update(len(batch))
+    result.seconds = time.perf_counter() - start
+    return result
 
 
-# --------------------------------------------------------------------------------------------- floor
-def forward_only_seconds(model, tokenizer, prompt_ids: Sequence[Sequence[int]], batch_size: int) -> float:
-    """Time of one plain batched forward pass over the full prompts (length-sorted batches, no cache, last
-    position's logits only): what any evaluation that reads every prompt token once must pay."""
-    import torch
-
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in length_sorted_batches([len(p) for p in prompt_ids], batch_size):
-            input_ids, attention_mask, position_ids = (t.to(model_device(model)) for t in
-                                                       pad_left([prompt_ids[i] for i in batch], tokenizer.pad_token_id))
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                  logits_to_keep=last_positions())
-    return time.perf_counter() - start
+# -------------------------------------------------------------------------------------------- classify
+def _argmax_labels(scores: Sequence[Sequence[float]], labels: Sequence[str]) -> List[str]:
+    return [labels[max(range(len(labels)), key=row.__getitem__)] for row in scores]
 
 
-def predict(model, tokenizer, rows: Sequence[Mapping], prompt_cfg: Mapping, parse: Callable[[str], str],
-            labels: Sequence[str], mode: str, max_new_tokens: int, batch_size: int, prefix_cache: bool = True,
-            agreement: bool = True, progress: bool = True, desc: str = "") -> dict:
-    """Evaluate Alpaca rows in `mode` (greedy | score).
+def classify(model, tokenizer, rows: Sequence[Mapping], prompt_cfg: Mapping, labels: Sequence[str], parse, *,
+             mode: str, score_method: str = "full", max_new_tokens: int = 4, batch_size: int = 16,
+             cutoff_len: int = 1024, prefix_cache: bool = True, agreement: bool = True, progress: bool = True,
+             desc: str = "evaluate") -> dict:
+    """Label Alpaca rows in `mode` (greedy: decode and parse; score: the most likely label).
 
-    Returns {"outputs": raw model answers, "predicted": parsed labels, "other": the other mode's labels or
-    None, "seconds": model time}. `agreement`: also get the other mode's labels (free in greedy mode when
-    the labels' first tokens differ, an extra pass otherwise).
+    Score mode ranks labels by `score_method`: `full`, the log-likelihood of every answer token + EOS (a label
+    that is a prefix of another is not favoured), or `first_token`, the shortcut comparing the first tokens
+    only. `agreement`: also run the other mode (its cost is small: same prompt pass). Returns predicted
+    labels, raw outputs, per-mode labels, per-label log-likelihoods, which prompts were truncated and the time.
     """
-    prompt_ids = encode_prompts(rows, prompt_cfg, tokenizer)
-    kw = {"prefix_cache": prefix_cache, "progress": progress}
-    desc = f"{desc} " if desc else ""
-    if mode == "score":
-        scored = score_labels(model, tokenizer, prompt_ids, labels, batch_size, desc=f"{desc}score", **kw)
-        other, seconds = None, scored.seconds
-        if agreement:
-            greedy = generate_greedy(model, tokenizer, prompt_ids, max_new_tokens, batch_size, desc=f"{desc}greedy",
-                                     **kw)
-            other, seconds = [parse(t) for t in greedy.outputs], seconds + greedy.seconds
-        return {"outputs": scored.outputs, "predicted": list(scored.labels), "other": other, "seconds": seconds}
-    greedy = generate_greedy(model, tokenizer, prompt_ids, max_new_tokens, batch_size, labels=labels,
-                             desc=f"{desc}greedy", **kw)
-    other, seconds = (list(greedy.labels) if greedy.labels and greedy.labels[0] is not None else None), greedy.seconds
-    if agreement and other is None and prompt_ids:
-        scored = score_labels(model, tokenizer, prompt_ids, labels, batch_size, desc=f"{desc}score", **kw)
-        other, seconds = list(scored.labels), seconds + scored.seconds
-    return {"outputs": greedy.outputs, "predicted": [parse(t) for t in greedy.outputs], "other": other,
-            "seconds": seconds}
+    answer_len = answer_length(labels, prompt_cfg, tokenizer)
+    prompt_ids, truncated = encode_prompts(rows, prompt_cfg, tokenizer, cutoff_len, answer_len, labels[0])
+    conts = label_continuations(labels, rows[0], prompt_cfg, tokenizer) if rows else []
+    firsts_differ = len({c[0] for c in conts}) == len(conts)
+    if score_method == "first_token" and not firsts_differ:
+        raise HatetuneError(f"the labels {list(labels)} share their first token, so first-token scoring cannot "
+                            "tell them apart: use full", field="eval.score_method")
+    want_scores, want_greedy = mode == "score" or agreement, mode == "greedy" or agreement
+    ran = run(model, tokenizer, prompt_ids, conts if want_scores else None, max_new_tokens if want_greedy else 0,
+              batch_size=batch_size, prefix_cache=prefix_cache, progress=progress, desc=desc)
+    out = {"truncated": truncated, "seconds": ran.seconds, "greedy_labels": None, "score_labels": None,
+           "first_token_labels": None, "log_probs": None}
+    if want_scores:
+        full = _argmax_labels(ran.log_probs, labels)
+        first = _argmax_labels(ran.first_token_log_probs, labels) if firsts_differ else None
+        out.update(score_labels=first if score_method == "first_token" else full, first_token_labels=first,
+                   full_labels=full, log_probs=ran.log_probs)
+    if want_greedy:
+        out["greedy_labels"] = [parse(text) for text in ran.texts]
+    out["predicted"] = out["score_labels"] if mode == "score" else out["greedy_labels"]
+    out["outputs"] = ran.texts if mode == "greedy" else out["score_labels"]
+    return out

@@ -21,13 +21,12 @@ import pandas as pd
 
 from .errors import ConfigError, HatetuneError
 from .io import atomic_path, write_json
+from .paths import LABELS_FILE, SPLIT_FILE, SPLITS
 
 CANONICAL_COLUMNS = ["id", "text", "label", "split", "group"]
-SPLITS = ("train", "dev", "test")
 # Score bins of the Measuring Hate Speech card, from low to high score.
 SUPPORTIVE, NEUTRAL, HATE = "Supportive", "Neutral", "Hate"
 FILE, ROW = "_file", "_row"  # where each record came from
-LABELS_CSV, SPLIT_JSON = "labels.csv", "split.json"
 _NOT_UTF8 = re.compile("[\udc80-\udcff]+")  # what undecodable bytes become under surrogateescape
 
 
@@ -382,9 +381,9 @@ def write_canonical(result: LabelledTable, out_dir: str | Path) -> None:
     """labels.csv (id,text,label,split,group) and split.json (how the split was made), atomically."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        result.table[CANONICAL_COLUMNS].to_csv(tmp / LABELS_CSV, index=False, lineterminator="\n",
+        result.table[CANONICAL_COLUMNS].to_csv(tmp / LABELS_FILE, index=False, lineterminator="\n",
                                                encoding="utf-8")
-        write_json(tmp / SPLIT_JSON, {**result.notes, "warnings": list(result.warnings)})
+        write_json(tmp / SPLIT_FILE, {**result.notes, "warnings": list(result.warnings)})
 
 
 def read_canonical(path: str | Path) -> pd.DataFrame:

@@ -1,36 +1,23 @@
-"""Base models and adapters: where a base model comes from (Hub / local folder / offline GGUF), loading it with
-4-bit quantization, attaching a saved LoRA adapter, and the guard against bitsandbytes' CPU 4-bit trap.
+"""Loading base models and adapters: tokenizer (with the model's pinned chat template), 4-bit quantization,
+a saved LoRA adapter, and the guard against bitsandbytes' CPU 4-bit trap.
 
-The `base_model` stage writes `models/base/<model.name>/` (see `base_model_dir`) in one of two forms:
-- a full Hugging Face folder (bf16 safetensors, tokenizer, chat template), converted once from the offline
-  mirror's GGUF file (small models only: it becomes a DVC-cached output), or
-- a pointer, `hatetune_base.json`, naming a Hub id + resolved commit (weights stay in the Hub cache, never in
-  the DVC cache) or a local Hugging Face folder (`model.path`).
-`load_model` / `load_tokenizer` accept that folder whatever its form, so no other code needs to know which.
+A base model folder is the base_model stage's output (see `hatetune.model_sources`): a Hugging Face folder, or a
+pointer to the Hub cache / a local folder. `load_model` / `load_tokenizer` accept either, so no other code needs to
+know which.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
-from . import sources
+from .chat_templates import TEMPLATES
 from .errors import HatetuneError
-from .io import atomic_path, write_json
+from .model_sources import SOURCE_FILE
 
-BASE_ROOT = Path("models/base")
-POINTER_FILE = "hatetune_base.json"
-# What a Hub snapshot needs for loading: weights as safetensors only (never pickles), configs, tokenizer files.
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
           "float32": "float32", "fp32": "float32", "uint8": "uint8"}
-
-
-# ------------------------------------------------------------------------------------------------ paths
-def base_model_dir(cfg) -> Path:
-    """`models/base/<model.name>`: the output of the base_model stage, input of train / evaluate."""
-    return BASE_ROOT / cfg.model.name
 
 
 def torch_dtype(name: str):
@@ -42,130 +29,35 @@ def torch_dtype(name: str):
         raise HatetuneError(f"unknown dtype {name!r} (known: {', '.join(DTYPES)})") from None
 
 
-# ----------------------------------------------------------------------------------- the base_model stage
-def prepare_base_model(cfg, out_dir: str | Path) -> dict:
-    """Materialise the base model of `cfg.model` at `out_dir`; return a summary (also the pointer's content).
-
-    Order: `model.path` (local HF folder) > offline mirror GGUF (when a mirror is set and the model has a
-    `mirror_name`) > the Hub (`hub_id` at `revision`, resolved to a commit sha).
-    """
-    model = cfg.model
-    out_dir = Path(out_dir)
-    mirror = sources.mirror_root(cfg.download.mirror)
-    if model.get("path"):
-        src = Path(model.path).expanduser()
-        if not (src / "config.json").is_file():
-            raise HatetuneError("not a Hugging Face model folder (no config.json)", file=str(src), field="model.path")
-        info = {"source": "local", "path": str(src.resolve())}
-        _write_pointer(out_dir, info)
-    elif mirror is not None and model.mirror_name:
-        if not model.gguf_file:
-            raise HatetuneError("an offline mirror model needs model.gguf_file", field="model.gguf_file")
-        gguf = mirror / model.mirror_name / model.gguf_file
-        if not gguf.is_file():
-            raise HatetuneError("GGUF file not found in the offline mirror", file=str(gguf), field="model.gguf_file")
-        convert_gguf(gguf, out_dir, trust_remote_code=model.trust_remote_code)
-        info = {"source": "gguf", "gguf_file": f"{model.mirror_name}/{model.gguf_file}"}
-    else:
-        sha = resolve_hub_revision(model.hub_id, model.revision)
-        info = {"source": "hub", "hub_id": model.hub_id, "revision": sha, "requested_revision": model.revision}
-        _write_pointer(out_dir, info)
-    return info
-
-
-def _write_pointer(out_dir: Path, info: Mapping[str, Any]) -> None:
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        write_json(tmp / POINTER_FILE, dict(info))
-
-
-def resolve_hub_revision(hub_id: str, revision: str) -> str:
-    """Download `hub_id@revision` into the Hub cache (safetensors only) and return the resolved commit sha.
-
-    The token, if any, comes from $HF_TOKEN (read by huggingface_hub itself); it is never written anywhere.
-    """
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = snapshot_download(hub_id, revision=revision, allow_patterns=HUB_PATTERNS)
-    except Exception as err:  # network, auth (gated models), unknown id: one clear line
-        raise HatetuneError(f"cannot fetch {hub_id}@{revision} from the Hugging Face Hub "
-                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                            f"gated models need HF_TOKEN in the environment", field="model.hub_id") from None
-    if not any(Path(path).glob("*.safetensors")):
-        raise HatetuneError(f"{hub_id}@{revision} has no safetensors weights (pickle checkpoints are refused)",
-                            field="model.hub_id")
-    return Path(path).name  # .../snapshots/<commit sha>
-
-
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, trust_remote_code: bool = False) -> Path:
-    """Dequantise a GGUF checkpoint once into a HF folder: bf16 safetensors, tokenizer, chat template.
-
-    transformers refuses `save_pretrained` on a GGUF-loaded model, so the weights move into a freshly built
-    model of the same config (without its `quantization_config`) which is then saved normally.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    gguf_path = Path(gguf_path)
-    folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                  trust_remote_code=trust_remote_code)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if unexpected or set(missing) - tied:
-        raise HatetuneError(f"GGUF weights do not match the model (missing {sorted(missing)[:3]}, "
-                            f"unexpected {sorted(unexpected)[:3]})", file=str(gguf_path))
-    model = model.to(torch.bfloat16)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return Path(out_dir)
-
-
-# ------------------------------------------------------------------------------------------------ loading
-def read_pointer(model_dir: str | Path) -> Optional[dict]:
-    """The pointer of a Hub / local base model, or None when `model_dir` is itself a HF folder."""
-    pointer = Path(model_dir) / POINTER_FILE
-    return json.loads(pointer.read_text(encoding="utf-8")) if pointer.is_file() else None
-
-
 def model_source(model_dir: str | Path) -> tuple[str, Optional[str]]:
     """(name_or_path, revision) to pass to `from_pretrained` for a base_model stage output."""
     model_dir = Path(model_dir)
-    pointer = read_pointer(model_dir)
-    if pointer is None:
-        if not (model_dir / "config.json").is_file():
-            raise HatetuneError("no base model here: run the base_model stage (dvc repro base_model)",
-                                file=str(model_dir))
+    if (model_dir / "config.json").is_file():
         return str(model_dir), None
-    if pointer["source"] == "hub":
-        return pointer["hub_id"], pointer["revision"]
-    return pointer["path"], None
+    pointer = model_dir / SOURCE_FILE
+    if not pointer.is_file():
+        raise HatetuneError("no base model here: run the base_model stage (dvc repro base_model)", file=str(model_dir))
+    source = json.loads(pointer.read_text(encoding="utf-8"))
+    if source["kind"] == "hub":
+        return source["hub_id"], source["revision"]
+    return source["path"], None
 
 
-def load_tokenizer(model_dir: str | Path, padding_side: str = "left", trust_remote_code: bool = False):
-    """The tokenizer of a base model or adapter folder; pad = eos when the model has no pad token.
-
-    Left padding for generation (batched greedy decoding), right padding for training.
-    """
+def load_tokenizer(model_dir: str | Path, model_cfg=None, padding_side: str = "left"):
+    """The tokenizer of a base model or adapter folder, with `model.chat_template` installed when set;
+    pad = eos when the model has no pad token. Left padding for generation, right padding for training."""
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
-    if (model_dir / "adapter_config.json").is_file() and (model_dir / "tokenizer_config.json").is_file():
-        name, revision = str(model_dir), None  # an adapter folder carries its tokenizer
-    else:
+    if (model_dir / "tokenizer_config.json").is_file():  # a HF model folder, or an adapter carrying its tokenizer
+        name, revision = str(model_dir), None
+    else:  # a pointer to the Hub cache or a local folder
         name, revision = model_source(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    trust = bool(model_cfg.trust_remote_code) if model_cfg is not None else False
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust)
+    template = model_cfg.get("chat_template") if model_cfg is not None else None
+    if template:
+        tokenizer.chat_template = TEMPLATES[template]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
@@ -267,11 +159,6 @@ def disable_cpu_4bit_repack(model) -> int:
     return touched
 
 
-def copy_tokenizer_files(model_dir: str | Path, out_dir: str | Path, trust_remote_code: bool = False) -> None:
-    """Save the base model's tokenizer (with its chat template) beside an adapter, so the adapter is self-contained."""
-    load_tokenizer(model_dir, "left", trust_remote_code).save_pretrained(out_dir)
-
-
 def model_summary(model) -> dict:
     """Trainable and total parameter counts (4-bit weights counted as stored elements x 2)."""
     import torch
@@ -279,9 +166,3 @@ def model_summary(model) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())
     return {"trainable_params": trainable, "total_params": total}
-
-
-__all__ = ["base_model_dir", "prepare_base_model", "convert_gguf", "resolve_hub_revision",
-           "load_tokenizer", "load_model", "quantization_config", "disable_cpu_4bit_repack", "contiguous_head_input",
-           "model_source",
-           "read_pointer", "copy_tokenizer_files", "model_summary"]

@@ -10,7 +10,7 @@ No match gives `INVALID`, which counts as wrong; seed C's table calls it `Unknow
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Sequence
 
 from .errors import ConfigError
 
@@ -61,8 +61,3 @@ def get_parser(name: str, labels: Sequence[str]) -> Callable[[str], str]:
         raise ConfigError(f"parser {name!r} produces {missing}, which are not in task.labels.names {list(labels)}",
                           field="task.labels.names")
     return lambda text: parse(text, labels)
-
-
-def parse_labels(outputs: Iterable[str], parser: str, labels: Sequence[str]) -> List[str]:
-    parse = get_parser(parser, labels)
-    return [parse(text) for text in outputs]

@@ -1,14 +1,33 @@
-"""Alpaca rows and turning a row into model input: the ONE place prompts are built.
+"""Alpaca rows and turning a row into model input text and token ids: the ONE place prompts are built.
 
-Training, evaluation, the zero-shot baseline and the inference service all call `build_prompt`, so the text a
-model is trained on is byte-for-byte the text it is evaluated and served with (seed C's train/serve skew cannot
+Training, evaluation, the zero-shot baseline and the inference service all call these functions, so the token
+ids a model is trained on are exactly those it is evaluated and served with (seed C's train/serve skew cannot
 happen here).
+
+- `build_prompt`: the text up to where the answer starts (the tokenizer's chat template, or a raw template).
+- `build_completion`: the answer as the template writes it, up to and including EOS (ChatML: `hate<|im_end|>`,
+  Llama-2: ` hate </s>`).
+- `encode_row`: prompt and answer tokenised TOGETHER and split where the prompt's text ends, so a raw template
+  ending in a space gives no stray `▁` token with a SentencePiece tokenizer (the space belongs to the answer's
+  first token, `▁Hate`, exactly as in seed C's training text). `encode_prompt` gives the same prompt ids for
+  a row without an answer.
+- `fit_to_cutoff`: the one truncation rule, shared by training and evaluation.
+
+An empty system prompt sends no system turn, so the model's template decides what happens: SmolLM2's injects its
+own default system prompt ("You are a helpful AI assistant named SmolLM, ..."), LLaMA-Factory's `llama3` and the
+Llama-2 templates write no system block (tests/test_prompts.py shows each).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
+from .errors import HatetuneError
+
 ALPACA_KEYS = ("instruction", "input", "output", "system")
+# Prompt tokens always kept at the end of an over-long prompt: the end of the user turn and the assistant header.
+PROMPT_TAIL_TOKENS = 16
+# A stand-in answer for tokenising a prompt alone (a reply starting with a common word: "I cannot ...").
+PROBE_ANSWER = "I"
 
 
 def alpaca_row(instruction: str, input: str, output: str, system: str = "", id: Optional[str] = None) -> dict:
@@ -46,9 +65,80 @@ def build_prompt(row: Mapping[str, Any], prompt_cfg: Mapping[str, Any], tokenize
     return tokenizer.apply_chat_template(chat_messages(row), tokenize=False, add_generation_prompt=True)
 
 
-def build_completion(row: Mapping[str, Any], eos_token: str) -> str:
-    """What the model learns to produce after the prompt: the answer and EOS."""
-    return f"{row['output']}{eos_token}"
+def build_completion(row: Mapping[str, Any], prompt_cfg: Mapping[str, Any], tokenizer) -> str:
+    """What the model learns to produce after the prompt: the answer as the template writes it, ending in EOS.
+
+    Raw templates: `prompt.completion` filled in (seed C: answer + " " + EOS). Chat templates: the conversation with the answer as
+    the assistant turn, minus the prompt, cut after the first EOS (ChatML writes a newline after it).
+    """
+    eos = tokenizer.eos_token
+    if prompt_cfg["format"] == "raw":
+        return prompt_cfg.get("completion", "{output}{eos}").replace("{output}", row["output"]).replace("{eos}", eos)
+    prompt = build_prompt(row, prompt_cfg, tokenizer)
+    conversation = chat_messages(row) + [{"role": "assistant", "content": row["output"]}]
+    full = tokenizer.apply_chat_template(conversation, tokenize=False)
+    if not full.startswith(prompt):
+        raise HatetuneError("the chat template does not render the prompt as the start of the conversation, so "
+                            "prompt and answer cannot be split; choose another template", field="model.chat_template")
+    completion = full[len(prompt):]
+    end = completion.find(eos)
+    return completion[:end + len(eos)] if end >= 0 else completion + eos
+
+
+def adds_special_tokens(prompt_cfg: Mapping[str, Any]) -> bool:
+    """Whether the tokenizer adds its special tokens (BOS) to the text.
+
+    A chat template writes BOS itself (adding it again gives seed B's double BOS); a raw template relies on the
+    tokenizer's BOS, as seed C's trainer did.
+    """
+    return prompt_cfg["format"] == "raw"
+
+
+def encode_row(row: Mapping[str, Any], prompt_cfg: Mapping[str, Any], tokenizer) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a row: prompt + completion tokenised together, split where the prompt ends.
+
+    A token that straddles the boundary (SentencePiece's `▁Hate` after a prompt ending in a space) belongs to
+    the answer. Fails on a double BOS (a raw template that writes BOS itself).
+    """
+    prompt = build_prompt(row, prompt_cfg, tokenizer)
+    encoded = tokenizer(prompt + build_completion(row, prompt_cfg, tokenizer),
+                        add_special_tokens=adds_special_tokens(prompt_cfg), return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        raise HatetuneError("the prompt starts with two BOS tokens: a raw template must not write BOS (the "
+                            "tokenizer adds it)", field="task.prompt.template")
+    split = next((i for i, (_, end) in enumerate(offsets) if end > len(prompt)), len(ids))
+    return ids[:split], ids[split:]
+
+
+def encode_prompt(row: Mapping[str, Any], prompt_cfg: Mapping[str, Any], tokenizer,
+                  answer_start: str = PROBE_ANSWER) -> list[int]:
+    """The prompt ids of a row exactly as training tokenises them, without its answer.
+
+    Where the prompt ends in a space (SentencePiece), the split depends on how the answer begins: pass a typical
+    answer as `answer_start` (evaluation passes a label, which is what training saw there).
+    """
+    return encode_row({**row, "output": answer_start}, prompt_cfg, tokenizer)[0]
+
+
+def answer_length(labels: Iterable[str], prompt_cfg: Mapping[str, Any], tokenizer) -> int:
+    """Tokens of the longest label's completion (+ EOS): what evaluation reserves of the cutoff for the answer."""
+    row = alpaca_row("", "", "", "")
+    return max(len(encode_row({**row, "output": label}, prompt_cfg, tokenizer)[1]) for label in labels)
+
+
+def fit_to_cutoff(prompt_ids: list[int], answer_len: int, cutoff_len: int) -> tuple[list[int], bool]:
+    """The prompt cut so that it and an answer of `answer_len` tokens fit in `cutoff_len`; whether it was cut.
+
+    An over-long prompt loses tokens from its middle (the end of the post): its start (system turn,
+    instruction) and its last PROMPT_TAIL_TOKENS (end of the user turn, assistant header) survive.
+    """
+    budget = max(cutoff_len - answer_len, 0)
+    if len(prompt_ids) <= budget:
+        return list(prompt_ids), False
+    tail = min(PROMPT_TAIL_TOKENS, budget // 2)
+    return list(prompt_ids[:budget - tail]) + (list(prompt_ids[len(prompt_ids) - tail:]) if tail else []), True
 
 
 def alpaca_rows(table: Iterable[Mapping[str, Any]], prompt_cfg: Mapping[str, Any]) -> Iterator[dict]:

@@ -1,82 +1,23 @@
-"""Tables, PNG plots (viewable offline), the markdown report and the Hugging Face-style model card.
+"""The report stage's reading and writing: tables of the three systems, training and energy summaries, and
+metrics/report.md; the facts it shows are gathered from the other stages' outputs.
 
-Everything here is a pure function of metrics dicts and config (no model), so the report stage and the
-tests need nothing but files. Plots are written with fixed size, DPI and no timestamp metadata, so the same
-numbers give byte-identical PNGs.
+Everything here is a pure function of metrics dicts and config (no model), so the report stage and the tests
+need nothing but files. The model card is in `hatetune.model_card`, the PNGs in `hatetune.plots`.
 """
 from __future__ import annotations
 
 import csv
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from .io import atomic_path
+from . import paths
+from .model_sources import describe as describe_base
 from .parsing import INVALID, SEED_C_INVALID_NAME
+from .plots import plot_confusions, plot_loss_curves, plot_per_class_f1
 
-SYSTEMS = (("fine-tuned", "eval"), ("zero-shot", "zeroshot"), ("TF-IDF + LR baseline", "baseline"))
-PNG_METADATA = {"Software": None}  # no matplotlib version in the file: stable bytes across upgrades
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA)
-    _pyplot().close(fig)
-
-
-# ------------------------------------------------------------------------------------------------- plots
-def plot_confusion(names: Sequence[str], counts: Sequence[Sequence[int]], path: str | Path, title: str) -> None:
-    """One confusion matrix (rows: actual, columns: predicted), counts written in the cells."""
-    plot_confusions({title: (names, counts)}, path)
-
-
-def plot_confusions(matrices: Mapping[str, tuple], path: str | Path) -> None:
-    """Confusion matrices side by side, one per system: {title: (names, counts)}."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), squeeze=False)
-    for ax, (title, (names, counts)) in zip(axes[0], matrices.items()):
-        n = len(names)
-        ax.imshow(counts, cmap="Blues")
-        peak = max((max(row) for row in counts), default=0)
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(counts[i][j]), ha="center", va="center",
-                        color="white" if counts[i][j] > peak / 2 else "black")
-        ax.set_xticks(range(n), names, rotation=30, ha="right")
-        ax.set_yticks(range(n), names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("actual")
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    _save(fig, Path(path))
-
-
-def plot_per_class_f1(systems: Mapping[str, Mapping], labels: Sequence[str], path: str | Path) -> None:
-    """Grouped bars: F1 of each real class for each system ({system: metrics of one split})."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / max(1, len(systems))
-    for k, (name, m) in enumerate(systems.items()):
-        values = [m["per_class"].get(label, {}).get("f1", 0.0) for label in labels]
-        bars = ax.bar([i + k * width for i in range(len(labels))], values, width, label=name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(labels))], labels)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("F1")
-    ax.set_title("Per-class F1")
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    _save(fig, Path(path))
+SYSTEMS = (("fine-tuned", paths.EVAL), ("zero-shot", paths.ZEROSHOT), ("TF-IDF + LR baseline", paths.BASELINE))
 
 
 def read_curves(curves_dir: str | Path) -> Dict[str, tuple[List[float], List[float]]]:
@@ -94,31 +35,12 @@ def read_curves(curves_dir: str | Path) -> Dict[str, tuple[List[float], List[flo
     return curves
 
 
-def plot_loss_curves(curves: Mapping[str, tuple], path: str | Path) -> bool:
-    """Training (and dev) loss against the optimizer step; False (nothing written) when there is no curve."""
-    losses = {name: xy for name, xy in curves.items() if name.split("/")[-1] in ("loss", "eval_loss")}
-    if not losses:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, (steps, values) in losses.items():
-        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title("Training loss")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, Path(path))
-    return True
-
-
 # ------------------------------------------------------------------------------------------------ tables
-def _f(x, digits: int = 4) -> str:
+def fmt(x, digits: int = 4) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _invalid_name(cfg) -> str:
+def invalid_name(cfg) -> str:
     return f"{INVALID} (seed C: {SEED_C_INVALID_NAME})" if cfg.task.parser == "mhs_substring" else INVALID
 
 
@@ -130,8 +52,8 @@ def results_table(systems: Mapping[str, Optional[Mapping]]) -> str:
         if m is None:
             lines.append(f"| {name} | – | – | – | – | – |")
             continue
-        lines.append(f"| {name} | {m['n']} | {_f(m['accuracy'])} | {_f(m['macro_f1'])} | "
-                     f"{_f(m['macro_f1_with_invalid'])} | {m['invalid_rate']:.2%} |")
+        lines.append(f"| {name} | {m['n']} | {fmt(m['accuracy'])} | {fmt(m['macro_f1'])} | "
+                     f"{fmt(m['macro_f1_with_invalid'])} | {m['invalid_rate']:.2%} |")
     return "\n".join(lines)
 
 
@@ -153,14 +75,14 @@ def per_class_table(systems: Mapping[str, Optional[Mapping]], labels: Sequence[s
 def carbon_table(measurements: Mapping[str, Mapping], estimate: Mapping) -> str:
     lines = ["| stage | duration (s) | energy (kWh) | emissions (kg CO2eq) | how |", "|---|---:|---:|---:|---|"]
     for stage, m in measurements.items():
-        lines.append(f"| {stage} | {_f(m.get('duration_s'), 1)} | {_f(m.get('energy_kwh'), 6)} | "
-                     f"{_f(m.get('emissions_kg'), 6)} | codecarbon ({m.get('tracking_mode') or 'measured'}, "
+        lines.append(f"| {stage} | {fmt(m.get('duration_s'), 1)} | {fmt(m.get('energy_kwh'), 6)} | "
+                     f"{fmt(m.get('emissions_kg'), 6)} | codecarbon ({m.get('tracking_mode') or 'measured'}, "
                      f"{m.get('country_iso_code') or '?'}) |")
     total = measured_totals(measurements)
-    lines.append(f"| **all measured** | {_f(total['duration_s'], 1)} | {_f(total['energy_kwh'], 6)} | "
-                 f"{_f(total['emissions_kg'], 6)} | sum |")
-    lines.append(f"| Lacoste et al. estimate | {_f(estimate['hours'] * 3600, 1)} | {_f(estimate['energy_kwh'], 6)} | "
-                 f"{_f(estimate['emissions_kg'], 6)} | {estimate['hours']:g} h x {estimate['device_power_w']:g} W "
+    lines.append(f"| **all measured** | {fmt(total['duration_s'], 1)} | {fmt(total['energy_kwh'], 6)} | "
+                 f"{fmt(total['emissions_kg'], 6)} | sum |")
+    lines.append(f"| Lacoste et al. estimate | {fmt(estimate['hours'] * 3600, 1)} | {fmt(estimate['energy_kwh'], 6)} | "
+                 f"{fmt(estimate['emissions_kg'], 6)} | {estimate['hours']:g} h x {estimate['device_power_w']:g} W "
                  f"({estimate.get('device', '')}) x PUE {estimate['pue']:g} x "
                  f"{estimate['carbon_intensity_kg_per_kwh']:g} kg/kWh |")
     return "\n".join(lines)
@@ -189,13 +111,14 @@ def training_summary(train: Optional[Mapping]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- documents
-def hyperparameters(cfg) -> Dict[str, object]:
+def hyperparameters(cfg, base_source: Optional[Mapping] = None) -> Dict[str, object]:
     from .config import lora_alpha
 
     q = cfg.model.quantization
     tr = cfg.train
     return {
-        "base model": f"{cfg.model.hub_id} @ {cfg.model.revision}",
+        "base model": describe_base(base_source) if base_source else f"{cfg.model.hub_id} @ {cfg.model.revision}",
+        "chat template": cfg.model.chat_template or "the tokenizer's own",
         "quantization": (f"4-bit {q.quant_type}, double quant {q.double_quant}, compute {q.compute_dtype}"
                          if q.load_in_4bit else "none"),
         "LoRA": (f"r {cfg.lora.r}, alpha {lora_alpha(cfg):g}, dropout {cfg.lora.dropout}, bias {cfg.lora.bias}, "
@@ -207,33 +130,15 @@ def hyperparameters(cfg) -> Dict[str, object]:
         "precision": tr.precision,
         "cutoff": f"{tr.cutoff_len} tokens",
         "loss on": tr.loss_on,
-        "evaluation": (f"{cfg.eval.mode}, max {cfg.eval.max_new_tokens} new tokens, batch {cfg.eval.batch_size}, "
-                       f"parser {cfg.task.parser}"),
+        "evaluation": (f"{cfg.eval.mode} (score method {cfg.eval.score_method}), max {cfg.eval.max_new_tokens} "
+                       f"new tokens, batch {cfg.eval.batch_size}, parser {cfg.task.parser}"),
         "seed": cfg.seed,
     }
 
 
-def _kv_table(items: Mapping[str, object]) -> str:
-    return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in items.items()])
-
-
-def _prompt_block(cfg, example_prompt: Optional[str]) -> str:
-    p = cfg.task.prompt
-    parts = [f"Format: `{p.format}`" + (" (the tokenizer's chat template)" if p.format == "chat" else "")]
-    if p.system:
-        parts.append(f"System: `{p.system}`")
-    parts.append(f"Instruction: `{p.instruction}`")
-    if p.template:
-        parts.append(f"Template: `{json.dumps(p.template)[1:-1]}`")
-    if example_prompt:
-        parts.append("The model input for a post `<post>` (the answer follows it):\n\n```text\n" + example_prompt
-                     + "\n```")
-    return "\n\n".join(parts)
-
-
 def split_sizes_table(data: Optional[Mapping]) -> str:
     if not data or "rows" not in data:
-        return "Split sizes unknown (metrics/data.json missing)."
+        return f"Split sizes unknown ({paths.DATA_METRICS.as_posix()} missing)."
     rows = data["rows"]
     labels = data.get("labels", {})
     lines = ["| split | rows | labels |", "|---|---:|---|"]
@@ -244,105 +149,32 @@ def split_sizes_table(data: Optional[Mapping]) -> str:
     return "\n".join(lines)
 
 
-def build_report(cfg, split: str, systems: Mapping[str, Optional[Mapping]], train: Optional[Mapping],
-                 measurements: Mapping[str, Mapping], estimate: Mapping, data: Optional[Mapping],
-                 plots: Sequence[str]) -> str:
+def build_report(cfg, facts: Mapping, plots: Sequence[str]) -> str:
     """metrics/report.md: results of the three systems, training summary, energy and emissions, plots."""
+    split, systems, train, data = facts["split"], facts["systems"], facts["train"], facts["data"]
+    measurements, estimate = facts["measurements"], facts["estimate"]
     labels = list(cfg.task.labels.names)
     warnings = (data or {}).get("warnings") or []
     out = [f"# hatetune report: {cfg.task.name} / {cfg.model.name}", "",
-           f"Test set: `{split}` split of `data/processed/{cfg.task.name}/`. Fine-tuned and zero-shot use the same "
+           f"Test set: `{split}` split of `{paths.processed_dir(cfg.task.name).as_posix()}/`. Fine-tuned and zero-shot use the same "
            f"prompts, decoding ({cfg.eval.mode}, max {cfg.eval.max_new_tokens} new tokens) and parser "
-           f"(`{cfg.task.parser}`); an unparseable answer is `{_invalid_name(cfg)}` and counts as wrong.", ""]
+           f"(`{cfg.task.parser}`); an unparseable answer is `{invalid_name(cfg)}` and counts as wrong.", ""]
     out += [f"> Note: {w}" for w in warnings] + ([""] if warnings else [])
     out += ["## Results", "", results_table(systems), "",
             "macro-F1 (real labels): averaged over the task's labels (seed B's `labels=`). "
             "macro-F1 (invalid averaged in): scikit-learn's default label set, so `invalid` (F1 0) joins the "
             "average whenever it was predicted — seed C's published convention.", "",
-            "### Per class", "", per_class_table(systems, labels, _invalid_name(cfg)), "",
+            "### Per class", "", per_class_table(systems, labels, invalid_name(cfg)), "",
             "## Training", "", training_summary(train), "",
             "## Energy and emissions", "", carbon_table(measurements, estimate), "",
             "Measured: codecarbon's offline tracker per stage (without RAPL or GPU counters it estimates power from "
             "CPU load and RAM). Estimate: Lacoste et al. (2019), with the `carbon` config "
             f"({estimate.get('hours_source', 'config')}).", "",
             "## Plots", ""]
-    out += [f"![{Path(p).stem}]({Path(p).relative_to('metrics').as_posix() if str(p).startswith('metrics') else p})"
+    # links relative to report.md's folder
+    out += [f"![{Path(p).stem}]({Path(os.path.relpath(Path(p).resolve(), paths.REPORT_MD.parent.resolve())).as_posix()})"
             for p in plots]
     return "\n".join(out) + "\n"
-
-
-def model_card(cfg, split: str, systems: Mapping[str, Optional[Mapping]], train: Optional[Mapping],
-               measurements: Mapping[str, Mapping], estimate: Mapping, data: Optional[Mapping],
-               example_prompt: Optional[str] = None) -> str:
-    """README.md of the released adapter, in Hugging Face model-card style (YAML header + sections)."""
-    labels = list(cfg.task.labels.names)
-    dataset = cfg.task.source.repo_id or cfg.task.source.url or cfg.task.source.name
-    header = ["---", f"base_model: {cfg.model.hub_id}", "library_name: peft", "pipeline_tag: text-generation",
-              "tags:", "- peft", "- lora", "- qlora", "- hate-speech-detection", "- text-classification", "- hatetune"]
-    if cfg.task.source.repo_id:
-        header += ["datasets:", f"- {cfg.task.source.repo_id}"]
-    header += ["language:", "- en", "---", ""]
-    totals = measured_totals(measurements)
-    body = [
-        f"# {cfg.model.name} QLoRA adapter for {cfg.task.name} hate-speech classification", "",
-        "> **Content warning**: this model and its data concern hate speech. Examples, predictions and the "
-        "dataset contain offensive, slurring and hateful language.", "",
-        f"A LoRA adapter for [{cfg.model.hub_id}](https://huggingface.co/{cfg.model.hub_id}) that answers with "
-        f"one label: {', '.join(f'`{label}`' for label in labels)}. Trained and evaluated with "
-        "hatetune (a DVC pipeline: `dvc repro` reproduces this folder).", "",
-        "## Model details", "", _kv_table(hyperparameters(cfg)), "",
-        "## Training data", "",
-        f"Dataset: `{dataset}` (task `{cfg.task.name}`, split strategy `{cfg.task.split.strategy}`).", "",
-        split_sizes_table(data), "",
-        *([f"> {w}" for w in (data or {}).get("warnings") or []] + [""]),
-        "## Prompt", "", _prompt_block(cfg, example_prompt), "",
-        "## Usage", "", "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f'base = AutoModelForCausalLM.from_pretrained("{cfg.model.hub_id}")',
-        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
-        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-        "# build the prompt exactly as above (hatetune.prompts.build_prompt), then greedy-decode a few tokens",
-        "```", "",
-        "or score a JSONL file with hatetune: `python -m stages.evaluate eval.data=my_rows.jsonl "
-        "eval.adapter_dir=path/to/this/folder`.", "",
-        "## Evaluation", "",
-        f"`{split}` split; same prompts, decoding and parser for the fine-tuned and the zero-shot model.", "",
-        results_table(systems), "",
-        "Both macro-F1 conventions: over the real labels (seed B), and with unparseable answers "
-        f"(`{_invalid_name(cfg)}`) averaged in as a class (seed C).", "",
-        per_class_table(systems, labels, _invalid_name(cfg)), "",
-        "## Training", "", training_summary(train), "",
-        "## Environmental impact", "", carbon_table(measurements, estimate), "",
-        f"Measured in total: {_f(totals['energy_kwh'], 6)} kWh, {_f(totals['emissions_kg'], 6)} kg CO2eq "
-        f"(codecarbon, offline). Lacoste et al. estimate: {_f(estimate['emissions_kg'], 4)} kg CO2eq.", "",
-        "## Limitations and bias", "",
-        "- A small model fine-tuned on a small sample: the numbers above are a pipeline check, not a "
-        "state-of-the-art classifier. Do not use it to moderate content without human review.",
-        "- Hate-speech labels are subjective and annotator-dependent; the datasets carry their annotators' "
-        "biases, and errors fall unevenly across the targeted groups.",
-        "- English only; social-media text of the training data's period and platforms. Performance drops on "
-        "other domains, dialects (e.g. African-American English is known to be over-flagged) and on adversarial "
-        "rewording.",
-        "- Greedy answers that match no label count as wrong (`invalid`); score mode always returns a label.",
-        "",
-    ]
-    return "\n".join(header + body)
-
-
-def write_release(adapter_dir: str | Path, release_dir: str | Path, card: str) -> Path:
-    """A copy of the adapter files + README.md (the model card) in `release_dir`, written atomically.
-
-    The adapter folder itself is an output of the train stage: writing the card into it would change that
-    output, and DVC would then consider train changed and rerun it. A separate release folder (an output of
-    the report stage) keeps every stage's outputs its own.
-    """
-    adapter_dir = Path(adapter_dir)
-    with atomic_path(release_dir) as tmp:
-        shutil.copytree(adapter_dir, tmp, ignore=shutil.ignore_patterns("README.md"))
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-    return Path(release_dir)
 
 
 # ------------------------------------------------------------------------------------------ the report stage
@@ -363,22 +195,23 @@ def read_confusion(path: str | Path, labels: Sequence[str]) -> Optional[tuple]:
     return confusion_counts([a for a, _ in pairs], [p for _, p in pairs], labels) if pairs else None
 
 
-def gather(cfg, metrics_root: str | Path = "metrics") -> dict:
+def gather(cfg) -> dict:
     """Everything the report and the model card show, read from the other stages' outputs."""
     from . import carbon
 
-    root = Path(metrics_root)
     split = cfg.eval.splits[0] if cfg.eval.splits else "test"
     labels = list(cfg.task.labels.names)
-    systems = {name: (read_json(root / f"{key}.json") or {}).get(split) for name, key in SYSTEMS}
-    measurements = carbon.read_stage_measurements(root / "carbon")
+    systems = {name: (read_json(paths.results_json(paths.results_base(key))) or {}).get(split) for name, key in SYSTEMS}
+    measurements = carbon.read_stage_measurements(paths.CARBON_DIR)
     measured = measured_totals(measurements)
     return {
         "split": split, "labels": labels, "systems": systems,
-        "confusions": {name: read_confusion(root / key / split / "confusion.csv", labels) for name, key in SYSTEMS},
-        "train": read_json(root / "train.json"), "data": read_json(root / "data.json"),
-        "curves": read_curves(root / "train_curves"), "measurements": measurements,
+        "confusions": {name: read_confusion(paths.confusion_csv(key, split), labels) for name, key in SYSTEMS},
+        "train": read_json(paths.TRAIN_METRICS), "data": read_json(paths.DATA_METRICS),
+        "curves": read_curves(paths.TRAIN_CURVES), "measurements": measurements,
         "estimate": carbon.estimate_from_config(cfg.carbon, measured["duration_s"] / 3600),
+        "data_source": read_json(paths.data_source_file(cfg.task.name)),
+        "base_source": read_json(paths.base_source_file(cfg.model.name)),
     }
 
 

@@ -66,6 +66,39 @@ def mirror_files(source: Mapping[str, Any], mirror: Path) -> list[Path]:
     return found
 
 
+def resolve(source: Mapping[str, Any], mirror: Optional[Path]) -> dict:
+    """Which files the task's data will come from, identified exactly and cheaply (the `sources` stage).
+
+    With a mirror: its files and their sha256 (so editing or switching the mirror reruns download); online: the
+    pinned URL / Hub revision (what `fetch` downloads). Never touches the network.
+    """
+    upstream = {"https": {"url": source.get("url"), "sha256": (source.get("sha256") or "").lower() or None},
+                "hub": {"repo_id": source.get("repo_id"), "revision": source.get("revision"),
+                        "split": source.get("hub_split")},
+                "local": {"path": source.get("path")}}[source["kind"]]
+    if mirror is not None:
+        base = mirror / source["name"]
+        files = [{"path": f.relative_to(base).as_posix() if f.is_relative_to(base) else f.name,
+                  "sha256": sha256_file(f)} for f in mirror_files(source, mirror)]
+        return {"kind": "mirror", "entry": source["name"], "files": files, "instead_of": {source["kind"]: upstream}}
+    if source["kind"] == "local":
+        found, base = _local_files(source["path"])
+        return {"kind": "local", "path": str(base.resolve()),
+                "files": [{"path": f.relative_to(base).as_posix(), "sha256": sha256_file(f)} for f in found]}
+    return {"kind": source["kind"], **upstream}
+
+
+def describe(resolved: Mapping[str, Any]) -> str:
+    """One line naming the data actually used, for logs and the model card."""
+    if resolved["kind"] in ("mirror", "local"):
+        files = ", ".join(f"{f['path']} (sha256 {f['sha256'][:12]}…)" for f in resolved["files"])
+        where = f"offline mirror entry `{resolved['entry']}`" if resolved["kind"] == "mirror" else resolved["path"]
+        return f"{files} from the {where}"
+    if resolved["kind"] == "https":
+        return f"{resolved['url']} (sha256 {'pinned' if resolved['sha256'] else 'not pinned'})"
+    return f"Hugging Face dataset {resolved['repo_id']} @ {resolved['revision']}"
+
+
 # ------------------------------------------------------------------------------------------------ HTTPS
 def download_https(url: str, dest: Path, *, sha256: Optional[str] = None, retries: int = 3,
                    timeout_s: float = 60.0, backoff_s: float = 1.0) -> str:

@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import sys
 
-from hatetune import baseline, config, evaluation
+from hatetune import baseline, config, evaluation, paths
 from hatetune.errors import exit_on_error
 
 
 @exit_on_error
 def main(argv=None) -> int:
-    cfg = config.stage_config(__doc__, argv)
+    cfg = config.stage_config(__doc__, "baseline", argv)
     labels = list(cfg.task.labels.names)
     b = cfg.eval.baseline
-    train_rows, train_gold = evaluation.load_rows(evaluation.PROCESSED_ROOT / cfg.task.name / "train.jsonl", labels)
+    train_rows, train_gold = evaluation.load_rows(paths.split_file(cfg.task.name, "train"), labels)
     model = baseline.fit_tfidf_logreg([r["input"] for r in train_rows], train_gold, b.ngram_max, b.min_df, b.c,
                                       cfg.seed)
     results = {}
-    for name, path in evaluation.eval_files(cfg).items():
-        rows, gold = evaluation.load_rows(path, labels)
+    for split in cfg.eval.splits:
+        rows, gold = evaluation.load_rows(paths.split_file(cfg.task.name, split), labels)
         predicted = baseline.predict(model, [r["input"] for r in rows])
-        results[name] = evaluation.score(rows, gold, predicted, labels)
-        print(evaluation.summary_line(name, results[name]["metrics"]))
-    evaluation.write_results(evaluation.METRICS_ROOT / "baseline", results, title="TF-IDF + LR",
+        results[split] = evaluation.score(rows, gold, predicted, labels)
+        print(evaluation.summary_line(split, results[split]["metrics"]))
+    evaluation.write_results(paths.results_base(paths.BASELINE), results, title="TF-IDF + LR",
                              run_info={"model": "tfidf+logreg", "train_rows": len(train_rows), **dict(b)})
     return 0
 

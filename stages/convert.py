@@ -9,24 +9,24 @@ data.max_examples.<split> takes a seeded, label-stratified subsample of that spl
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from hatetune import config, labels, prompts
+from hatetune import config, labels, paths, prompts
 from hatetune.errors import exit_on_error
 from hatetune.io import atomic_path, write_jsonl
 
 
 @exit_on_error
 def main(argv=None) -> int:
-    cfg = config.stage_config(__doc__, argv)
-    table = labels.read_canonical(Path("data/interim") / cfg.task.name / labels.LABELS_CSV)
-    with atomic_path(Path("data/processed") / cfg.task.name) as out_dir:
-        out_dir.mkdir()
-        for split in labels.SPLITS:
+    cfg = config.stage_config(__doc__, "convert", argv)
+    table = labels.read_canonical(paths.labels_csv(cfg.task.name))
+    out = paths.processed_dir(cfg.task.name)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for split in paths.SPLITS:
             part = labels.stratified_sample(table[table["split"] == split], cfg.data.max_examples.get(split),
                                             seed=cfg.seed)
-            n = write_jsonl(out_dir / f"{split}.jsonl", prompts.alpaca_rows(part.to_dict("records"),
-                                                                             cfg.task.prompt))
+            rows = prompts.alpaca_rows(part.to_dict("records"), cfg.task.prompt)
+            n = write_jsonl(tmp / paths.split_file(cfg.task.name, split).name, rows)
             print(f"convert: {split}: {n} of {int((table['split'] == split).sum())} rows", file=sys.stderr)
     return 0
 

@@ -3,6 +3,7 @@
 Sources (task.source.kind): an HTTPS file (sha256-verified when task.source.sha256 is pinned), a Hugging Face
 Hub dataset at a pinned revision (token from $HF_TOKEN, never stored), or a local path. Offline: set
 download.mirror=<folder> or $HATETUNE_MIRROR and every source is read from <folder>/<task.source.name>/.
+(Under DVC the `sources` stage records which of these this run uses; a switch reruns this stage.)
 
     python -m stages.download                    # as in params.yaml
     python -m stages.download task=mhs download.mirror=../shared/mirror
@@ -10,17 +11,16 @@ download.mirror=<folder> or $HATETUNE_MIRROR and every source is read from <fold
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from hatetune import config, sources
+from hatetune import config, paths, sources
 from hatetune.errors import exit_on_error
 
 
 @exit_on_error
 def main(argv=None) -> int:
-    cfg = config.stage_config(__doc__, argv)
+    cfg = config.stage_config(__doc__, "download", argv)
     mirror = sources.mirror_root(cfg.download.mirror)
-    raw_dir = Path("data/raw") / cfg.task.name
+    raw_dir = paths.raw_dir(cfg.task.name)
     print(f"download: {cfg.task.source.name} ({cfg.task.source.kind}) -> {raw_dir}"
           + (f" from the mirror {mirror}" if mirror else ""), file=sys.stderr)
     manifest = sources.fetch(cfg.task.source, raw_dir, mirror=mirror, retries=cfg.download.retries,

@@ -10,24 +10,23 @@ writes split.json (how it split) and metrics/data.json (rows and label counts pe
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from hatetune import config, labels
+from hatetune import config, labels, paths
 from hatetune.errors import exit_on_error
 from hatetune.io import write_json
 
 
 @exit_on_error
 def main(argv=None) -> int:
-    cfg = config.stage_config(__doc__, argv)
+    cfg = config.stage_config(__doc__, "labels", argv)
     task = cfg.task
-    records = labels.read_raw_dir(Path("data/raw") / task.name, labels.required_columns(task))
+    records = labels.read_raw_dir(paths.raw_dir(task.name), labels.required_columns(task))
     result = labels.canonical_table(records, task, seed=cfg.seed)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    labels.write_canonical(result, Path("data/interim") / task.name)
+    labels.write_canonical(result, paths.interim_dir(task.name))
     metrics = labels.data_metrics(result, task)
-    write_json("metrics/data.json", metrics)
+    write_json(paths.DATA_METRICS, metrics)
     print(f"labels: {metrics['rows']} ({metrics['split_strategy']} split)", file=sys.stderr)
     return 0
 

@@ -2,7 +2,8 @@
 
 Reads data/processed/<task>/{train,dev}.jsonl and models/base/<model>/. Writes the adapter in Hugging Face
 format (+ tokenizer, chat template) to models/adapter/<task>/, metrics/train.json (speed, memory, tokens,
-truncation), training curves to metrics/train_curves/ (dvclive) and energy to metrics/carbon/train.json.
+truncation), metrics/train_run.json (the resolved config, library versions, CPU / GPU model, threads), training
+curves to metrics/train_curves/ (dvclive) and energy to metrics/carbon/train.json.
 Checkpoints go to models/checkpoints/<task>/ (kept across runs): a rerun after a killed run resumes from the
 last one. train.nproc > 1 runs the same training in that many processes (torchrun; gloo on CPU).
 """
@@ -10,27 +11,30 @@ from __future__ import annotations
 
 import sys
 
-from hatetune import carbon, config, models, training
+from hatetune import carbon, config, distributed, paths, training
 from hatetune.errors import HatetuneError, exit_on_error
 
 
 @exit_on_error
 def main(argv=None) -> int:
-    cfg = config.stage_config(__doc__, argv)
+    cfg = config.stage_config(__doc__, "train", argv)
     argv = sys.argv[1:] if argv is None else list(argv)
-    launcher = cfg.train.nproc > 1 and not training.is_distributed_worker()
+    task = cfg.task.name
+    launcher = cfg.train.nproc > 1 and not distributed.is_distributed_worker()
     # One tracker for the whole stage: in the launcher when there are several processes, else here.
-    with carbon.track_emissions("train", cfg.carbon.country_iso_code,
-                                enabled=launcher or not training.is_distributed_worker()):
+    with carbon.track_emissions("train", cfg.carbon.country_iso_code, paths.carbon_file("train"),
+                                enabled=launcher or not distributed.is_distributed_worker()):
         if launcher:
-            code = training.launch_distributed(cfg.train.nproc, "stages.train", argv)
+            code = distributed.launch(cfg.train.nproc, "stages.train", argv)
             if code:
                 raise HatetuneError(f"training failed in one of its {cfg.train.nproc} processes (exit {code})")
             return 0
-        metrics = training.train(cfg, base_dir=models.base_model_dir(cfg), data_dir=training.processed_dir(cfg),
-                                 out_adapter=training.adapter_dir(cfg), ckpt_dir=training.checkpoint_dir(cfg))
-    if training.is_main_process():
-        print(f"adapter -> {training.adapter_dir(cfg)}  ({metrics['global_step']} steps, "
+        metrics = training.train(cfg, base_dir=paths.base_model_dir(cfg.model.name),
+                                 data_dir=paths.processed_dir(task), out_adapter=paths.adapter_dir(task),
+                                 ckpt_dir=paths.checkpoint_dir(task), curves_dir=paths.TRAIN_CURVES,
+                                 metrics_path=paths.TRAIN_METRICS, run_path=paths.TRAIN_RUN)
+    if distributed.is_main_process():
+        print(f"adapter -> {paths.adapter_dir(task)}  ({metrics['global_step']} steps, "
               f"{metrics['train_runtime_s']} s, {metrics['non_padding_tokens_per_s']} tokens/s)")
     return 0
 

@@ -7,21 +7,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny_model.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny_model.py, support.py ...
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-def mirror_dir() -> Path | None:
-    """The real offline mirror (../shared/mirror beside the repo, or $HATETUNE_MIRROR), if present."""
-    candidates = [os.environ.get("HATETUNE_MIRROR"), ROOT.parent / "shared" / "mirror"]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c).resolve()
-    return None
 
 
 @pytest.fixture(scope="session")

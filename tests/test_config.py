@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from hatetune import config
 from hatetune.errors import ConfigError
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_params_yaml_equals_composition_of_conf(monkeypatch):
@@ -73,7 +73,7 @@ def test_group_override_recomposes(monkeypatch):
 def test_stage_cli_reports_bad_override_in_one_line():
     proc = subprocess.run([sys.executable, "-c", "import sys; from hatetune import config; "
                            "from hatetune.errors import exit_on_error; "
-                           "exit_on_error(lambda: config.stage_config('doc', ['lora.r=-1']))()"],
+                           "exit_on_error(lambda: config.stage_config('doc', 'train', ['lora.r=-1']))()"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "lora.r" in proc.stderr

@@ -45,11 +45,13 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_results_are_written_together(tmp_path):
     rows = [{"input": "x", "id": "r1"}, {"input": "y"}]
     result = evaluation.score(rows, ["Hate", "Neutral"], ["Hate", INVALID], LABELS, outputs=["hate!", "dunno"],
-                              other=["Hate", "Hate"])
+                              columns={"score_label": ["Hate", "Hate"]},
+                              extra_metrics={"agreement_greedy_score": 0.5, "truncated_prompts": 0})
     base = tmp_path / "metrics" / "eval"
     evaluation.write_results(base, {"test": result}, run_info={"mode": "greedy"}, title="fine-tuned")
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())["test"]
     assert metrics["accuracy"] == 0.5 and metrics["invalid_rate"] == 0.5 and metrics["agreement_greedy_score"] == 0.5
+    assert metrics["truncated_prompts"] == 0
     records = [json.loads(line) for line in (base / "test" / "predictions.jsonl").read_text().splitlines()]
     assert records[0] == {"id": "r1", "text": "x", "gold": "Hate", "raw_output": "hate!", "predicted": "Hate",
                           "score_label": "Hate"}

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from hatetune import config
 
-from conftest import ROOT
+from support import ROOT
 
 ALL_LINEAR_7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FULL_DATA = {"train": None, "dev": None, "test": None}
@@ -25,7 +25,9 @@ PRESETS = {
         "train.cutoff_len": 1024, "train.batch_size": 3, "train.grad_accum": 8, "train.lr": 2e-5,
         "train.scheduler": "cosine", "train.warmup_ratio": 0.1, "train.warmup_steps": 0, "train.epochs": 3.0,
         "train.max_steps": None, "train.optimizer": "paged_adamw_32bit", "train.precision": "bf16",
-        "train.gradient_checkpointing": True, "train.loss_on": "completion",
+        "train.gradient_checkpointing": True, "train.group_by_length": False, "train.max_grad_norm": 1.0,
+        "train.weight_decay": 0.0, "train.loss_on": "completion",
+        "model.chat_template": "llama3_llamafactory",
         "eval.max_new_tokens": 4, "eval.batch_size": 8,
         "data.max_examples": FULL_DATA,
     },
@@ -40,7 +42,10 @@ PRESETS = {
         "lora.target_modules": ALL_LINEAR_7,
         "train.cutoff_len": 512, "train.batch_size": 64, "train.grad_accum": 1, "train.epochs": 1.0,
         "train.max_steps": None, "train.lr": 1e-4, "train.weight_decay": 0.01, "train.optimizer": "adamw_8bit",
-        "train.loss_on": "all",
+        "train.scheduler": "linear", "train.warmup_ratio": 0.0, "train.warmup_steps": 0,
+        "train.max_grad_norm": 1.0, "train.gradient_checkpointing": True, "train.group_by_length": False,
+        "train.loss_on": "all", "seed": 182736827,
+        "task.prompt.completion": "{output} {eos}", "model.chat_template": None,
         "eval.max_new_tokens": 20, "eval.batch_size": 64,
         "data.max_examples": FULL_DATA,
     },
@@ -54,7 +59,9 @@ PRESETS = {
         "lora.target_modules": ALL_LINEAR_7 + ["lm_head"],
         "train.cutoff_len": 512, "train.batch_size": 16, "train.grad_accum": 1, "train.warmup_steps": 5,
         "train.warmup_ratio": 0.0, "train.max_steps": 1000, "train.lr": 2.5e-5, "train.precision": "fp16",
-        "train.optimizer": "paged_adamw_8bit",
+        "train.optimizer": "paged_adamw_8bit", "train.scheduler": "linear", "train.weight_decay": 0.0,
+        "train.max_grad_norm": 1.0, "train.gradient_checkpointing": False, "train.group_by_length": False,
+        "model.chat_template": "llama2_decoding_hate",
         "data.max_examples": FULL_DATA,
     },
 }

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hatetune import config, labels, sources
+from hatetune import config, labels, paths, sources
 from hatetune.errors import HatetuneError
 from upstream_fixtures import DYNAHATE_COLUMNS, dynahate_rows, mhs_rows, write_csv, write_dynahate, write_mhs
 
@@ -264,8 +264,8 @@ def test_labels_stage_writes_canonical_table_and_metrics_deterministically(tmp_p
     out = tmp_path / "data/interim/dynahate"
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     metrics = (tmp_path / "metrics/data.json").read_bytes()
-    assert first[labels.LABELS_CSV].split(b"\n")[0] == b"id,text,label,split,group"
-    assert json.loads(first[labels.SPLIT_JSON])["strategy"] == "grouped"
+    assert first[paths.LABELS_FILE].split(b"\n")[0] == b"id,text,label,split,group"
+    assert json.loads(first[paths.SPLIT_FILE])["strategy"] == "grouped"
     assert json.loads(metrics)["rows"]["total"] == 48
 
     run_labels_stage()

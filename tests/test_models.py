@@ -12,20 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hatetune import config, models, training
+from hatetune import config, model_sources, models, paths, training
 from hatetune.errors import HatetuneError
+from support import mirror_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def mirror_dir():
-    """tests/conftest.py's mirror_dir (imported by path: under pytest `conftest` may name another folder's)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("hatetune_tests_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.mirror_dir()
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the mirror's SOURCE.md
 
 
 @pytest.fixture
@@ -40,31 +34,55 @@ def _linear4bit_layers(model):
 
 
 def test_base_model_dir_is_per_model(cfg):
-    assert models.base_model_dir(cfg) == Path("models/base") / cfg.model.name
+    assert paths.base_model_dir(cfg.model.name) == Path("models/base") / cfg.model.name
+    assert paths.base_source_file(cfg.model.name) == Path("models/base") / f"{cfg.model.name}.source.json"
 
 
 def test_local_folder_becomes_a_pointer(cfg, tiny_model_dir, tmp_path):
     out = tmp_path / "base"
-    info = models.prepare_base_model(cfg, out)
-    assert info == {"source": "local", "path": str(Path(tiny_model_dir).resolve())}
-    assert sorted(p.name for p in out.iterdir()) == [models.POINTER_FILE]  # no weights copied
+    source = model_sources.resolve(cfg.model, mirror=None)
+    assert source["kind"] == "local" and source["path"] == str(Path(tiny_model_dir).resolve())
+    assert "model.safetensors" in source["files"]
+    model_sources.materialise(source, out, mirror=None)
+    assert sorted(p.name for p in out.iterdir()) == [model_sources.SOURCE_FILE]  # no weights copied
     assert models.model_source(out) == (str(Path(tiny_model_dir).resolve()), None)
 
 
 def test_local_folder_without_config_fails_naming_the_key(cfg, tmp_path):
     cfg.model.path = str(tmp_path)
     with pytest.raises(HatetuneError, match="model.path") as err:
-        models.prepare_base_model(cfg, tmp_path / "base")
+        model_sources.resolve(cfg.model, mirror=None)
     assert str(tmp_path) in str(err.value)
-    assert not (tmp_path / "base").exists()
 
 
-def test_missing_gguf_in_mirror_fails_naming_the_file(cfg, tmp_path):
+def test_missing_gguf_in_the_mirror_entry_fails_naming_the_file(cfg, tmp_path):
     cfg.model.path = None
-    cfg.download.mirror = str(tmp_path)
+    (tmp_path / cfg.model.mirror_name).mkdir()
     with pytest.raises(HatetuneError, match="model.gguf_file") as err:
-        models.prepare_base_model(cfg, tmp_path / "base")
+        model_sources.resolve(cfg.model, mirror=tmp_path)
     assert cfg.model.gguf_file in str(err.value)
+
+
+def test_a_mirror_without_an_entry_for_the_model_leaves_it_to_the_hub(cfg, tmp_path):
+    cfg.model.path = None
+    assert model_sources.resolve(cfg.model, mirror=tmp_path)["kind"] == "hub"
+
+
+def test_mirror_and_hub_resolve_to_different_sources(cfg, tmp_path):
+    """The record that makes DVC rerun base_model when the mirror is switched on or off."""
+    cfg.model.path = None
+    gguf = tmp_path / cfg.model.mirror_name / cfg.model.gguf_file
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF fake weights")
+    from_mirror = model_sources.resolve(cfg.model, mirror=tmp_path)
+    from_hub = model_sources.resolve(cfg.model, mirror=None)  # a pinned commit sha: no network needed
+    assert from_mirror["kind"] == "gguf" and len(from_mirror["sha256"]) == 64
+    assert from_hub == {"kind": "hub", "hub_id": cfg.model.hub_id, "revision": cfg.model.revision,
+                        "requested_revision": cfg.model.revision}
+    gguf.write_bytes(b"GGUF other weights")  # an edited mirror file is a different source too
+    assert model_sources.resolve(cfg.model, mirror=tmp_path)["sha256"] != from_mirror["sha256"]
+    with pytest.raises(HatetuneError, match="changed since the sources stage"):
+        model_sources.materialise(from_mirror, tmp_path / "base", mirror=tmp_path)
 
 
 def test_missing_base_model_says_which_stage_to_run(tmp_path):
@@ -82,9 +100,10 @@ def test_hub_model_is_a_pointer_to_the_hub_cache(tiny_model_dir, tmp_path):
     script = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
-from hatetune import config, models
-cfg = config.load(["model.hub_id=org/tiny", "model.revision=main", "model.mirror_name=null"], {str(ROOT / 'params.yaml')!r})
-info = models.prepare_base_model(cfg, {str(tmp_path / 'base')!r})
+from hatetune import config, model_sources, models
+cfg = config.load(["model.hub_id=org/tiny", "model.revision={sha}", "model.mirror_name=null"], {str(ROOT / 'params.yaml')!r})
+info = model_sources.resolve(cfg.model, None)
+model_sources.materialise(info, {str(tmp_path / 'base')!r}, None)
 model = models.load_model(cfg.model, {str(tmp_path / 'base')!r}, quantize=False)
 tok = models.load_tokenizer({str(tmp_path / 'base')!r})
 print(json.dumps({{"info": info, "files": sorted(p.name for p in __import__("pathlib").Path({str(tmp_path / 'base')!r}).iterdir()),
@@ -94,24 +113,27 @@ print(json.dumps({{"info": info, "files": sorted(p.name for p in __import__("pat
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["info"] == {"source": "hub", "hub_id": "org/tiny", "revision": sha, "requested_revision": "main"}
-    assert out["files"] == [models.POINTER_FILE]
+    assert out["info"] == {"kind": "hub", "hub_id": "org/tiny", "revision": sha, "requested_revision": sha}
+    assert out["files"] == [model_sources.SOURCE_FILE]
     assert out["vocab"] > 0 and out["pad"] == "<|im_end|>"
 
 
-def test_unreachable_hub_model_fails_in_one_clear_line(tmp_path):
+@pytest.mark.parametrize("revision, key", [("0123456789abcdef0123456789abcdef01234567", "model.hub_id"),
+                                           ("main", "model.revision")])
+def test_unreachable_hub_model_fails_in_one_clear_line(tmp_path, revision, key):
+    """A pinned commit resolves offline and fails at the download; a branch cannot even be resolved."""
     script = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
-from hatetune import config, models
+from hatetune import config, model_sources
 from hatetune.errors import exit_on_error
-cfg = config.load(["model.hub_id=org/absent", "model.mirror_name=null"], {str(ROOT / 'params.yaml')!r})
-exit_on_error(lambda: models.prepare_base_model(cfg, {str(tmp_path / 'base')!r}))()
+cfg = config.load(["model.hub_id=org/absent", "model.revision={revision}", "model.mirror_name=null"], {str(ROOT / 'params.yaml')!r})
+exit_on_error(lambda: model_sources.materialise(model_sources.resolve(cfg.model, None), {str(tmp_path / 'base')!r}, None))()
 """
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_value"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "model.hub_id" in proc.stderr and "org/absent" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert key in proc.stderr and "org/absent" in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert "hf_secret_value" not in proc.stderr + proc.stdout
     assert not (tmp_path / "base").exists()
 
@@ -187,10 +209,11 @@ def test_saved_adapter_reloads_with_the_same_outputs(cfg, tiny_model_dir, tmp_pa
     assert isinstance(reloaded, PeftModel) and not reloaded.training
     with torch.no_grad():
         got = reloaded(**batch).logits
-    assert torch.allclose(got.float(), expected.float(), atol=2e-2)
+    # bf16 logits of a few units, computed by two 4-bit kernels (training's and evaluation's repacked one)
+    assert (got.float() - expected.float()).abs().max() < 0.1
     base = models.load_model(cfg.model, tiny_model_dir)
     with torch.no_grad():
-        assert not torch.allclose(base(**batch).logits.float(), expected.float(), atol=2e-2)
+        assert (base(**batch).logits.float() - expected.float()).abs().max() > 1.0  # the adapter matters
     # the adapter carries its tokenizer and chat template
     assert models.load_tokenizer(tmp_path / "adapter").chat_template == tok.chat_template
 
@@ -251,7 +274,7 @@ def test_lora_gradients_after_eval_forward_match_dequantised_fp32_reference(cfg,
     must not switch the 4-bit layers to a kernel without backward."""
     cfg.model.quantization.compute_dtype = "float32"  # isolate the kernel from bf16 rounding
     model = _quantized_lora_model(cfg, tiny_model_dir, guard=True)
-    tok = models.load_tokenizer(tiny_model_dir, "right")
+    tok = models.load_tokenizer(tiny_model_dir, padding_side="right")
     batch = tok(["hate not hate people", "the social media post"], return_tensors="pt", padding=True)
     model.eval()
     with torch.no_grad():
@@ -269,7 +292,7 @@ def test_without_the_guard_the_gradients_are_wrong(cfg, tiny_model_dir):
     """Shows the regression test above can fail: unguarded, the same steps give wrong LoRA gradients."""
     cfg.model.quantization.compute_dtype = "float32"
     model = _quantized_lora_model(cfg, tiny_model_dir, guard=False)
-    tok = models.load_tokenizer(tiny_model_dir, "right")
+    tok = models.load_tokenizer(tiny_model_dir, padding_side="right")
     batch = tok(["hate not hate people", "the social media post"], return_tensors="pt", padding=True)
     model.eval()
     with torch.no_grad():
@@ -294,8 +317,10 @@ def test_without_the_guard_the_gradients_are_wrong(cfg, tiny_model_dir):
 def test_mirror_gguf_converts_to_a_loadable_hf_folder(tmp_path):
     cfg = config.load([f"download.mirror={mirror_dir()}"], ROOT / "params.yaml")
     out = tmp_path / "base"
-    info = models.prepare_base_model(cfg, out)
-    assert info["source"] == "gguf"
+    info = model_sources.resolve(cfg.model, mirror_dir())
+    assert info["kind"] == "gguf" and info["sha256"] == GGUF_SHA256  # the mirror's SOURCE.md
+    model_sources.materialise(info, out, mirror_dir())
+    assert json.loads((out / model_sources.SOURCE_FILE).read_text()) == info
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)  # safetensors only

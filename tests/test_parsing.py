@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hatetune.errors import ConfigError
-from hatetune.parsing import INVALID, get_parser, parse_dynahate, parse_labels, parse_mhs
+from hatetune.parsing import INVALID, get_parser, parse_dynahate, parse_mhs
 
 
 @pytest.mark.parametrize("text, label", [
@@ -47,8 +47,8 @@ def test_mhs_substring_order(text, label):
 def test_parsers_return_the_task_spelling():
     parse = get_parser("mhs_substring", ["Hate", "Neutral", "Supportive"])
     assert parse("the answer is HATE") == "Hate"
-    assert parse_labels(["hate", "not hate", "x"], "dynahate_regex", ["hate", "not hate"]) == \
-        ["hate", "not hate", INVALID]
+    parse = get_parser("dynahate_regex", ["hate", "not hate"])
+    assert [parse(t) for t in ["hate", "Not Hate.", "x"]] == ["hate", "not hate", INVALID]
 
 
 def test_unknown_parser_and_mismatched_labels_are_config_errors():

@@ -19,6 +19,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
     """Run a command with the venv's bin first on PATH (stage commands call `python`)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(cwd), **kw.pop("env", {})}
+    env = {k: v for k, v in env.items() if v != ""}  # an empty value unsets the variable
     proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -5,25 +5,16 @@ upstream schemas (or the real ../shared/mirror, when present).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from integration.conftest import run  # tests/ is on sys.path; plain `conftest` is whichever pytest loaded last
+from integration.conftest import ran_stages, run  # tests/ is on sys.path; `conftest` is whichever pytest loaded
+from support import mirror_dir
 from upstream_fixtures import dynahate_rows, write_dynahate, write_mhs
 
 SPLITS = ("train", "dev", "test")
-
-
-def mirror_dir():
-    """tests/conftest.py's mirror_dir (that module is shadowed by this folder's conftest under its name)."""
-    spec = importlib.util.spec_from_file_location("hatetune_tests_conftest",
-                                                  Path(__file__).resolve().parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.mirror_dir()
 
 
 def jsonl_rows(path: Path) -> list[dict]:
@@ -44,8 +35,9 @@ def test_repro_convert_on_a_dynahate_mirror_then_nothing_to_do(project_repo, tmp
     first = (project_repo / "data/processed/dynahate/train.jsonl").read_bytes()
 
     again = run(["dvc", "repro", "convert"], project_repo, env=env)
-    assert "Running stage" not in again.stdout, again.stdout
-    assert "up to date" in run(["dvc", "status", "--with-deps", "convert"], project_repo, env=env).stdout
+    assert ran_stages(again.stdout) == ["sources"], again.stdout  # it always checks; nothing else reruns
+    status = run(["dvc", "status", "--with-deps", "convert"], project_repo, env=env).stdout
+    assert status == "sources:\n\talways changed\n", status  # every other stage up to date
     assert (project_repo / "data/processed/dynahate/train.jsonl").read_bytes() == first
 
     shown = run(["dvc", "metrics", "show", "--json"], project_repo).stdout
@@ -53,6 +45,27 @@ def test_repro_convert_on_a_dynahate_mirror_then_nothing_to_do(project_repo, tmp
     assert any("metrics/data.json" in files.get("data", {}) for files in data.values()), shown
     table = run(["dvc", "metrics", "show"], project_repo).stdout
     assert "metrics/data.json" in table and "rows.train" in table
+
+
+def test_switching_or_editing_the_mirror_reruns_what_it_feeds(project_repo, tmp_path):
+    """$HATETUNE_MIRROR is invisible to DVC; the sources stage records what it resolves, so a change there
+    reruns download and what follows, and turning the mirror off shows up as changed sources."""
+    csv_file = tmp_path / "mirror" / "dynahate" / "dynahate_v0.2.2_dev.csv"
+    write_dynahate(csv_file, n_single=60, n_pairs=30)
+    env = {"HATETUNE_MIRROR": str(tmp_path / "mirror")}
+    run(["dvc", "repro", "convert"], project_repo, env=env)
+    write_dynahate(csv_file, n_single=61, n_pairs=30)  # the mirror's file changes
+    again = run(["dvc", "repro", "convert"], project_repo, env=env)
+    assert ran_stages(again.stdout) == ["sources", "download", "labels", "convert"], again.stdout
+    assert json.loads((project_repo / "metrics/data.json").read_text())["rows"]["total"] == 121
+
+    run(["dvc", "repro", "sources"], project_repo, env={"HATETUNE_MIRROR": ""})  # "" unsets it
+    resolved = json.loads((project_repo / "data/raw/dynahate.source.json").read_text())
+    assert resolved["kind"] == "https" and resolved["url"].startswith("https://")
+    base = json.loads((project_repo / "models/base/smollm2_135m_instruct.source.json").read_text())
+    assert base["kind"] == "hub" and len(base["revision"]) == 40  # a pinned commit: resolved offline
+    status = run(["dvc", "status", "download", "base_model"], project_repo).stdout
+    assert "download:" in status and "base_model:" in status and "modified:" in status, status
 
 
 def test_exp_run_task_mhs_against_an_mhs_mirror(project_repo, tmp_path):

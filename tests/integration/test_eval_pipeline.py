@@ -9,8 +9,8 @@ import pytest
 
 from integration.conftest import make_tiny_project, ran_stages, run  # tests/ is on sys.path
 
-ALL_STAGES = {"download", "labels", "convert", "base_model", "train", "evaluate", "evaluate_zeroshot", "baseline",
-              "report"}
+ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "train", "evaluate", "evaluate_zeroshot",
+              "baseline", "report"}
 
 
 @pytest.fixture
@@ -26,12 +26,27 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
     first = run(["dvc", "repro"], repo, env=env)
     assert set(ran_stages(first.stdout)) == ALL_STAGES, first.stdout
 
+    test_rows = [json.loads(line) for line in (repo / "data/processed/dynahate/test.jsonl").read_text().splitlines()]
+    predicted = {}
     for name in ("eval", "zeroshot", "baseline"):
         test = json.loads((repo / f"metrics/{name}.json").read_text())["test"]
-        assert test["n"] == 8 and 0 <= test["accuracy"] <= 1, name
-        records = (repo / f"metrics/{name}/test/predictions.jsonl").read_text().splitlines()
-        assert len(records) == 8 and set(json.loads(records[0])) >= {"id", "text", "gold", "raw_output", "predicted"}
-    assert "agreement_greedy_score" in json.loads((repo / "metrics/eval.json").read_text())["test"]
+        records = [json.loads(line) for line in (repo / f"metrics/{name}/test/predictions.jsonl").read_text().splitlines()]
+        # the metrics are those of the predictions written beside them, for exactly the test rows
+        assert [r["id"] for r in records] == [r["id"] for r in test_rows]
+        assert [r["gold"] for r in records] == [r["output"] for r in test_rows]
+        assert test["n"] == 8 and test["accuracy"] == pytest.approx(
+            sum(r["gold"] == r["predicted"] for r in records) / 8), name
+        assert test["per_class"]["hate"]["support"] == sum(r["gold"] == "hate" for r in records)
+        predicted[name] = [r["predicted"] for r in records]
+    fine_tuned = json.loads((repo / "metrics/eval.json").read_text())["test"]
+    records = [json.loads(line) for line in (repo / "metrics/eval/test/predictions.jsonl").read_text().splitlines()]
+    # greedy mode: each record carries the score-mode label and the label log-likelihoods, and the reported
+    # agreement is computed from them
+    assert all(set(r["log_probs"]) == {"hate", "not hate"} for r in records)
+    assert all(r["score_label"] == max(r["log_probs"], key=r["log_probs"].get) for r in records)
+    assert fine_tuned["agreement_greedy_score"] == pytest.approx(
+        sum(r["predicted"] == r["score_label"] for r in records) / 8)
+    assert fine_tuned["truncated_prompts"] == 0 and "agreement_score_full_first_token" in fine_tuned
     report = (repo / "metrics/report.md").read_text()
     assert "| fine-tuned | 8 |" in report and "| zero-shot | 8 |" in report and "| TF-IDF + LR baseline | 8 |" in report
     assert {p.name for p in (repo / "metrics/report").iterdir()} == {"loss.png", "per_class_f1.png", "confusion.png"}
@@ -47,12 +62,12 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
                  "metrics/carbon/evaluate.json", "metrics/carbon/total.json"):
         assert path in shown, path
     assert run(["dvc", "plots", "show", "--json"], repo).returncode == 0
-    assert ran_stages(run(["dvc", "repro"], repo, env=env).stdout) == []
+    assert ran_stages(run(["dvc", "repro"], repo, env=env).stdout) == ["sources"]
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline run"], repo)
     exp = run(["dvc", "exp", "run", "-S", "lora.r=16"], repo, env=env)
-    assert ran_stages(exp.stdout) == ["train", "evaluate", "report"], exp.stdout
+    assert ran_stages(exp.stdout) == ["sources", "train", "evaluate", "report"], exp.stdout
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
     train_diff = diff.get("diff", diff)["metrics/train.json"]  # the workspace (experiment) against HEAD
     assert train_diff["trainable_params"]["new"] == 2 * train_diff["trainable_params"]["old"], train_diff

@@ -23,19 +23,23 @@ def test_repro_train_then_nothing_then_exp_run_reruns_only_train(tiny_project):
     dvc_yaml = (repo / "dvc.yaml").read_text()
 
     first = run(["dvc", "repro", "train"], repo, env=env)
-    assert ran_stages(first.stdout) == ["download", "labels", "convert", "base_model", "train"], first.stdout
+    assert ran_stages(first.stdout) == ["sources", "download", "labels", "convert", "base_model", "train"], \
+        first.stdout
     adapter = repo / "models/adapter/dynahate"
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
     assert (adapter / "adapter_model.safetensors").is_file()
     metrics = json.loads((repo / "metrics/train.json").read_text())
     assert metrics["global_step"] == 4 and metrics["train_rows"] == 24
+    record = json.loads((repo / "metrics/train_run.json").read_text())
+    assert set(record["config"]) == {"seed", "task", "model", "lora", "train", "carbon"}  # the stage's view
+    assert record["cpu"] and record["versions"]["transformers"] and record["torch_threads"] == 1
     assert (repo / "metrics/train_curves/plots/metrics/loss.tsv").is_file()
     assert json.loads((repo / "metrics/carbon/train.json").read_text())["energy_kwh"] > 0
     assert (repo / "dvc.yaml").read_text() == dvc_yaml  # dvclive did not touch it
     assert "step 4/4" in first.stdout and "loss" in first.stdout  # one line per log step
 
     again = run(["dvc", "repro", "train"], repo, env=env)
-    assert ran_stages(again.stdout) == [], again.stdout
+    assert ran_stages(again.stdout) == ["sources"], again.stdout  # it always checks; nothing else reruns
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     assert any("metrics/train.json" in files.get("data", {}) for files in shown.values()), shown
@@ -43,7 +47,7 @@ def test_repro_train_then_nothing_then_exp_run_reruns_only_train(tiny_project):
     assert "metrics/train_curves/plots/metrics" in plots
 
     exp = run(["dvc", "exp", "run", "-S", "lora.r=16", "train"], repo, env=env)
-    assert ran_stages(exp.stdout) == ["train"], exp.stdout
+    assert ran_stages(exp.stdout) == ["sources", "train"], exp.stdout
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["lora_alpha"] == 32  # alpha null -> 2 x r
     assert json.loads((repo / "metrics/train.json").read_text())["resumed_from_step"] == 0  # r=8 checkpoints unused

@@ -1,0 +1,152 @@
+"""Where the base model's weights come from, resolved cheaply (the `sources` stage), then made loadable once
+(the `base_model` stage).
+
+Resolution, in this order:
+- `model.path`: a local Hugging Face folder (identified by its file sizes);
+- an offline mirror (download.mirror or $HATETUNE_MIRROR) with a `<model.mirror_name>/` entry: its
+  `<model.gguf_file>`, identified by its sha256 (on the default model: the mirror's Q4_1 quantisation, dequantised
+  once, which is not the same weights as the Hub's bf16); a mirror without that entry leaves the model to the Hub;
+- otherwise the Hub: `model.hub_id` at `model.revision`, identified by the commit sha.
+The `sources` stage writes the resolved source to models/base/<model>.source.json, which base_model depends
+on: switching between the mirror and the Hub changes that file, so DVC reruns base_model and what follows.
+
+base_model's output, models/base/<model>/, is either a full Hugging Face folder (converted from the GGUF: small
+models only, it becomes a DVC-cached output) or a pointer file naming the Hub commit / local folder (weights
+stay in the Hub cache, never in the DVC cache). Both carry `hatetune_source.json`, the resolved source.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .errors import HatetuneError
+from .io import atomic_path, sha256_file, write_json
+
+SOURCE_FILE = "hatetune_source.json"
+# What a Hub snapshot needs for loading: weights as safetensors only (never pickles), configs, tokenizer files.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+# ------------------------------------------------------------------------------------------- resolution
+def resolve(model_cfg, mirror: Optional[Path]) -> dict:
+    """The base model source of `model_cfg`, identified exactly (cheap: no weights are copied)."""
+    if model_cfg.get("path"):
+        folder = Path(model_cfg.path).expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise HatetuneError("not a Hugging Face model folder (no config.json)", file=str(folder),
+                                field="model.path")
+        sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.suffix in (".json", ".safetensors")}
+        return {"kind": "local", "path": str(folder), "files": sizes}
+    if mirror is not None and model_cfg.mirror_name and (mirror / model_cfg.mirror_name).is_dir():
+        if not model_cfg.gguf_file:
+            raise HatetuneError("an offline mirror model needs model.gguf_file", field="model.gguf_file")
+        gguf = mirror / model_cfg.mirror_name / model_cfg.gguf_file
+        if not gguf.is_file():
+            raise HatetuneError("GGUF file not found in the offline mirror", file=str(gguf), field="model.gguf_file")
+        return {"kind": "gguf", "file": f"{model_cfg.mirror_name}/{model_cfg.gguf_file}", "sha256": sha256_file(gguf),
+                "copy_of": model_cfg.hub_id}
+    return {"kind": "hub", "hub_id": model_cfg.hub_id, "revision": hub_commit(model_cfg.hub_id, model_cfg.revision),
+            "requested_revision": model_cfg.revision}
+
+
+def hub_commit(hub_id: str, revision: str) -> str:
+    """The commit sha of `hub_id@revision`: the revision itself when it is one (no network), else asked."""
+    if _COMMIT_SHA.fullmatch(revision):
+        return revision
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().model_info(hub_id, revision=revision).sha
+    except Exception as err:  # network, auth (gated models), unknown id: one clear line
+        raise HatetuneError(f"cannot resolve {hub_id}@{revision} on the Hugging Face Hub ({type(err).__name__}); "
+                            "pin model.revision to a commit sha, or set $HATETUNE_MIRROR", field="model.revision") \
+            from None
+
+
+def describe(source: Mapping[str, Any]) -> str:
+    """One line naming the weights, for logs and the model card."""
+    if source["kind"] == "gguf":
+        return f"offline mirror GGUF {source['file']} (sha256 {source['sha256'][:12]}…, a copy of {source['copy_of']})"
+    if source["kind"] == "hub":
+        return f"{source['hub_id']} @ {source['revision']} (Hugging Face Hub)"
+    return f"local folder {source['path']}"
+
+
+# ---------------------------------------------------------------------------------------- the base model
+def materialise(source: Mapping[str, Any], out_dir: str | Path, mirror: Optional[Path],
+                trust_remote_code: bool = False) -> Path:
+    """Make the resolved `source` loadable at `out_dir` (see the module docstring), atomically."""
+    out_dir = Path(out_dir)
+    if source["kind"] == "gguf":
+        if mirror is None:
+            raise HatetuneError("the base model comes from the offline mirror but no mirror is set "
+                                "(download.mirror or $HATETUNE_MIRROR): rerun `dvc repro`", field="download.mirror")
+        gguf = mirror / source["file"]
+        got = sha256_file(gguf) if gguf.is_file() else None
+        if got != source["sha256"]:
+            raise HatetuneError(f"the mirror's file changed since the sources stage ran (sha256 {got}, expected "
+                                f"{source['sha256']}): rerun `dvc repro`", file=str(gguf))
+        convert_gguf(gguf, out_dir, dict(source), trust_remote_code=trust_remote_code)
+        return out_dir
+    if source["kind"] == "hub":
+        download_hub_snapshot(source["hub_id"], source["revision"])
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        write_json(tmp / SOURCE_FILE, dict(source))
+    return out_dir
+
+
+def download_hub_snapshot(hub_id: str, revision: str) -> Path:
+    """`hub_id@revision` into the Hub cache, safetensors only. Token: $HF_TOKEN, read by huggingface_hub itself
+    and never written anywhere."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(hub_id, revision=revision, allow_patterns=HUB_PATTERNS))
+    except Exception as err:  # network, auth (gated models), unknown id: one clear line
+        raise HatetuneError(f"cannot fetch {hub_id}@{revision} from the Hugging Face Hub "
+                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                            f"gated models need HF_TOKEN in the environment", field="model.hub_id") from None
+    if not any(path.glob("*.safetensors")):
+        raise HatetuneError(f"{hub_id}@{revision} has no safetensors weights (pickle checkpoints are refused)",
+                            field="model.hub_id")
+    return path
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source: Optional[dict] = None,
+                 trust_remote_code: bool = False) -> Path:
+    """Dequantise a GGUF checkpoint once into a HF folder: bf16 safetensors, tokenizer, chat template.
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so the weights move into a freshly built
+    model of the same config (without its `quantization_config`) which is then saved normally.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                  trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied:
+        raise HatetuneError(f"GGUF weights do not match the model (missing {sorted(missing)[:3]}, "
+                            f"unexpected {sorted(unexpected)[:3]})", file=str(gguf_path))
+    model = model.to(torch.bfloat16)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if source is not None:
+            write_json(tmp / SOURCE_FILE, source)
+    return Path(out_dir)

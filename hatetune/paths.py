@@ -1,0 +1,124 @@
+"""Every path the pipeline reads or writes, relative to the project root (DVC runs stages from there).
+
+This is the one place path literals live in `hatetune/` and `stages/`; `dvc.yaml` spells the same paths with
+`${task.name}` / `${model.name}` templates, and tests/test_dvc_contract.py checks that the two agree.
+Functions take names (a task name, a model name, a stage name), never a config, so the paths are easy to test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA = Path("data")
+MODELS = Path("models")
+METRICS = Path("metrics")
+SPLITS = ("train", "dev", "test")
+LABELS_FILE, SPLIT_FILE = "labels.csv", "split.json"  # the labels stage's files in interim_dir
+
+
+# ------------------------------------------------------------------------------------------------ data
+def data_source_file(task: str) -> Path:
+    """Where the `sources` stage records which files the task's data come from (mirror or network)."""
+    return DATA / "raw" / f"{task}.source.json"
+
+
+def raw_dir(task: str) -> Path:
+    """The download stage's output: upstream data files + manifest.json."""
+    return DATA / "raw" / task
+
+
+def interim_dir(task: str) -> Path:
+    """The labels stage's output: the canonical table and how it was split."""
+    return DATA / "interim" / task
+
+
+def labels_csv(task: str) -> Path:
+    return interim_dir(task) / LABELS_FILE
+
+
+def processed_dir(task: str) -> Path:
+    """The convert stage's output: Alpaca JSONL per split."""
+    return DATA / "processed" / task
+
+
+def split_file(task: str, split: str) -> Path:
+    return processed_dir(task) / f"{split}.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------- models
+def base_source_file(model: str) -> Path:
+    """Where the `sources` stage records which base weights this run uses (mirror GGUF sha256 / Hub commit)."""
+    return MODELS / "base" / f"{model}.source.json"
+
+
+def base_model_dir(model: str) -> Path:
+    """The base_model stage's output: a Hugging Face folder, or a pointer to the Hub cache / a local folder."""
+    return MODELS / "base" / model
+
+
+def adapter_dir(task: str) -> Path:
+    """The train stage's output: the LoRA adapter (+ tokenizer and chat template)."""
+    return MODELS / "adapter" / task
+
+
+def checkpoint_dir(task: str) -> Path:
+    """Trainer checkpoints, kept across runs (DVC `persist`) so a killed run resumes."""
+    return MODELS / "checkpoints" / task
+
+
+def release_dir(task: str) -> Path:
+    """The report stage's copy of the adapter with its model card."""
+    return MODELS / "release" / task
+
+
+# --------------------------------------------------------------------------------------------- metrics
+DATA_METRICS = METRICS / "data.json"
+TRAIN_METRICS = METRICS / "train.json"
+TRAIN_RUN = METRICS / "train_run.json"  # resolved config, library versions, CPU/GPU and threads of the run
+TRAIN_CURVES = METRICS / "train_curves"
+TRAIN_CURVE_PLOTS = TRAIN_CURVES / "plots" / "metrics"  # dvclive's TSV files, one per curve
+REPORT_MD = METRICS / "report.md"
+REPORT_DIR = METRICS / "report"
+CARBON_DIR = METRICS / "carbon"
+CARBON_TOTAL = CARBON_DIR / "total.json"
+# The systems every report compares: fine-tuned, zero-shot and the TF-IDF baseline (results_base names).
+EVAL, ZEROSHOT, BASELINE = "eval", "zeroshot", "baseline"
+# The files of one evaluated split, in <results base>/<split>/.
+PREDICTIONS_FILE, CONFUSION_FILE = "predictions.jsonl", "confusion.csv"
+
+
+def results_base(name: str) -> Path:
+    """`<base>.json` (a DVC metric) and `<base>/` (predictions, confusion) of one evaluated system."""
+    return METRICS / name
+
+
+def external_results_base(data_file: str | Path) -> Path:
+    """Results of scoring a hand-picked Alpaca JSONL (`eval.data`)."""
+    return METRICS / "external" / Path(data_file).stem
+
+
+def results_json(base: str | Path) -> Path:
+    base = Path(base)
+    return base.with_name(base.name + ".json")
+
+
+def confusion_csv(name: str, split: str) -> Path:
+    return results_base(name) / split / CONFUSION_FILE
+
+
+def carbon_file(stage: str) -> Path:
+    """codecarbon's measurement of one stage."""
+    return CARBON_DIR / f"{stage}.json"
+
+
+def pipeline_paths(task: str, model: str) -> set[Path]:
+    """The paths dvc.yaml names for one task and model (its deps, outs, metrics and plots); a test checks that
+    dvc.yaml names exactly these."""
+    found = {data_source_file(task), raw_dir(task), interim_dir(task), processed_dir(task),
+             split_file(task, "train"), split_file(task, "dev"), base_source_file(model), base_model_dir(model),
+             adapter_dir(task), checkpoint_dir(task), release_dir(task), DATA_METRICS, TRAIN_METRICS, TRAIN_RUN,
+             TRAIN_CURVES, TRAIN_CURVE_PLOTS, REPORT_MD, REPORT_DIR, CARBON_TOTAL, confusion_csv(EVAL, "test")}
+    for name in (EVAL, ZEROSHOT, BASELINE):
+        found |= {results_base(name), results_json(results_base(name))}
+    found |= {carbon_file(stage) for stage in ("train", "evaluate", "evaluate_zeroshot")}
+    found |= {REPORT_DIR / f"{name}.png" for name in ("loss", "per_class_f1", "confusion")}
+    return found

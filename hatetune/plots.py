@@ -1,0 +1,91 @@
+"""Every PNG the pipeline writes: confusion matrices, per-class F1, training loss curves.
+
+Fixed size, DPI and no timestamp or version metadata, so the same numbers give byte-identical PNGs (DVC hashes
+stay stable across reruns and matplotlib upgrades).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .io import atomic_path
+
+PNG_METADATA = {"Software": None}  # no matplotlib version in the file: stable bytes across upgrades
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA)
+    _pyplot().close(fig)
+
+
+def plot_confusion(names: Sequence[str], counts: Sequence[Sequence[int]], path: str | Path, title: str) -> None:
+    """One confusion matrix (rows: actual, columns: predicted), counts written in the cells."""
+    plot_confusions({title: (names, counts)}, path)
+
+
+def plot_confusions(matrices: Mapping[str, tuple], path: str | Path) -> None:
+    """Confusion matrices side by side, one per system: {title: (names, counts)}."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), squeeze=False)
+    for ax, (title, (names, counts)) in zip(axes[0], matrices.items()):
+        n = len(names)
+        ax.imshow(counts, cmap="Blues")
+        peak = max((max(row) for row in counts), default=0)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(counts[i][j]), ha="center", va="center",
+                        color="white" if counts[i][j] > peak / 2 else "black")
+        ax.set_xticks(range(n), names, rotation=30, ha="right")
+        ax.set_yticks(range(n), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_per_class_f1(systems: Mapping[str, Mapping], labels: Sequence[str], path: str | Path) -> None:
+    """Grouped bars: F1 of each real class for each system ({system: metrics of one split})."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(systems))
+    for k, (name, m) in enumerate(systems.items()):
+        values = [m["per_class"].get(label, {}).get("f1", 0.0) for label in labels]
+        bars = ax.bar([i + k * width for i in range(len(labels))], values, width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(labels))], labels)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("F1")
+    ax.set_title("Per-class F1")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_loss_curves(curves: Mapping[str, tuple], path: str | Path) -> bool:
+    """Training (and dev) loss against the optimizer step; False (nothing written) when there is no curve."""
+    losses = {name: xy for name, xy in curves.items() if name.split("/")[-1] in ("loss", "eval_loss")}
+    if not losses:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (steps, values) in losses.items():
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, Path(path))
+    return True

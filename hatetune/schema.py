@@ -1,0 +1,343 @@
+"""The typed config schema and its validation: every bad value fails with one error naming the key.
+
+Types and unknown keys are checked by OmegaConf against the dataclasses below; `_check_rules` checks what a type
+cannot express (ranges, choices, combinations).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+# Only what is implemented end to end: a task or parser that evaluate cannot handle fails here, not after training.
+TASKS = ("dynahate", "mhs")
+PARSERS = ("dynahate_regex", "mhs_substring")
+
+
+# ----------------------------------------------------------------------------------------------- schema
+@dataclass
+class SourceConf:
+    name: str = MISSING  # folder name under the offline mirror
+    kind: str = MISSING  # https | hub | local
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    filename: Optional[str] = None
+    repo_id: Optional[str] = None
+    revision: Optional[str] = None
+    hub_split: Optional[str] = None
+    path: Optional[str] = None
+
+
+@dataclass
+class BinningConf:
+    score_column: str = "hate_speech_score"
+    supportive_below: float = -1.0
+    hate_above: float = 0.5
+
+
+@dataclass
+class LabelsConf:
+    names: List[str] = MISSING
+    map: Optional[Dict[str, str]] = None
+    binning: Optional[BinningConf] = None
+
+
+@dataclass
+class SplitConf:
+    strategy: str = "auto"  # upstream | auto | grouped | legacy_row_split
+    fractions: Dict[str, float] = field(default_factory=lambda: {"train": 0.8, "dev": 0.1, "test": 0.1})
+    legacy_rows: Optional[int] = None
+    legacy_test_size: Optional[float] = None
+
+
+@dataclass
+class PromptConf:
+    format: str = "chat"  # chat | raw
+    instruction: str = MISSING
+    system: str = ""
+    template: Optional[str] = None
+    completion: str = "{output}{eos}"  # raw format: what follows the prompt ({output}, {eos})
+
+
+@dataclass
+class ColumnsConf:
+    """Which upstream columns hold what. null: the dataset has no such column."""
+    id: str = "id"
+    text: str = "text"
+    label: Optional[str] = None  # raw label (tasks with labels.map); binned tasks use labels.binning.score_column
+    split: Optional[str] = None  # upstream train/dev/test column
+    linked_id: Optional[str] = None  # another row's id that must land in the same split (DynaHate's pairs)
+    annotator: Optional[str] = None  # one row per (id, annotator): rows are aggregated to one per id
+
+
+@dataclass
+class TaskConf:
+    name: str = MISSING
+    source: SourceConf = MISSING
+    columns: ColumnsConf = field(default_factory=ColumnsConf)
+    labels: LabelsConf = MISSING
+    split: SplitConf = field(default_factory=SplitConf)
+    prompt: PromptConf = MISSING
+    parser: str = MISSING
+
+
+@dataclass
+class QuantizationConf:
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    quant_storage: str = "uint8"
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+    hub_id: str = MISSING
+    revision: str = "main"
+    mirror_name: Optional[str] = None
+    gguf_file: Optional[str] = None
+    path: Optional[str] = None  # a local Hugging Face folder; wins over the mirror and the Hub
+    chat_template: Optional[str] = None  # a template pinned in hatetune.chat_templates; null: the tokenizer's
+    trust_remote_code: bool = False
+    quantization: QuantizationConf = field(default_factory=QuantizationConf)
+
+
+@dataclass
+class LoraConf:
+    r: int = 8
+    alpha: Optional[float] = None  # null = 2 x r
+    dropout: float = 0.05
+    bias: str = "none"
+    target_modules: Any = "all-linear"  # "all-linear" or a list of module names
+
+
+@dataclass
+class TrainConf:
+    cutoff_len: int = 256
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.0  # share of the total optimizer steps ...
+    warmup_steps: int = 0  # ... or an exact number of steps (set one of the two)
+    epochs: float = 1.0
+    max_steps: Optional[int] = None  # wins over epochs when set
+    optimizer: str = "adamw_torch"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "bf16"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    loss_on: str = "completion"
+    logging_steps: int = 5
+    save_steps: int = 20
+    save_total_limit: int = 2
+    eval_steps: Optional[int] = None  # null: evaluate the dev loss at every checkpoint (save_steps)
+    eval_examples: Optional[int] = None  # dev rows for the eval loss (null: all)
+    resume: bool = True
+    nproc: int = 1
+
+
+@dataclass
+class BaselineConf:
+    """TF-IDF + logistic regression (the `baseline` stage)."""
+    ngram_max: int = 2  # word n-grams 1..ngram_max
+    min_df: int = 1
+    c: float = 1.0  # inverse regularisation strength of the logistic regression
+
+
+@dataclass
+class EvalConf:
+    mode: str = "greedy"  # greedy | score
+    score_method: str = "full"  # full: log-likelihood of every label token + EOS; first_token: the shortcut
+    max_new_tokens: int = 4
+    batch_size: int = 16
+    splits: List[str] = field(default_factory=lambda: ["test"])
+    unquantized_base: bool = False
+    adapter: bool = True  # false: the base model alone (the evaluate_zeroshot stage)
+    adapter_dir: Optional[str] = None  # null: the train stage's models/adapter/<task>
+    data: Optional[str] = None  # an Alpaca JSONL to evaluate instead of eval.splits (by hand)
+    output: Optional[str] = None  # null: metrics/eval, metrics/zeroshot, or metrics/external/<data stem>
+    prefix_cache: bool = True
+    agreement: bool = True  # also compute the other mode's labels: greedy/score agreement
+    baseline: BaselineConf = field(default_factory=BaselineConf)
+
+
+@dataclass
+class CarbonConf:
+    country_iso_code: str = "USA"
+    device: str = "laptop CPU"
+    device_power_w: float = 15.0
+    pue: float = 1.0
+    carbon_intensity_kg_per_kwh: float = 0.432
+    hours: Optional[float] = None
+
+
+@dataclass
+class DownloadConf:
+    mirror: Optional[str] = None
+    retries: int = 3
+    timeout_s: float = 60.0
+
+
+@dataclass
+class DataConf:
+    max_examples: Dict[str, Optional[int]] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    download: DownloadConf = field(default_factory=DownloadConf)
+    data: DataConf = field(default_factory=DataConf)
+    task: TaskConf = MISSING
+    model: ModelConf = MISSING
+    lora: LoraConf = field(default_factory=LoraConf)
+    train: TrainConf = field(default_factory=TrainConf)
+    eval: EvalConf = field(default_factory=EvalConf)
+    carbon: CarbonConf = field(default_factory=CarbonConf)
+
+
+# -------------------------------------------------------------------------------------------- validation
+def _one_of(key: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{value!r} is not one of {', '.join(map(str, allowed))}", field=key)
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}", field=key)
+
+
+def _check_rules(cfg: DictConfig) -> None:
+    """Rules a type cannot express. Each failure names the key."""
+    task = cfg.task
+    _one_of("task.name", task.name, TASKS)
+    _one_of("task.source.kind", task.source.kind, ("https", "hub", "local"))
+    needs = {"https": "url", "hub": "repo_id", "local": "path"}[task.source.kind]
+    if not task.source[needs]:
+        raise ConfigError(f"a {task.source.kind} source needs task.source.{needs}", field=f"task.source.{needs}")
+    if task.source.kind == "hub" and not task.source.revision:
+        raise ConfigError("pin a Hub dataset to a revision (commit sha or tag)", field="task.source.revision")
+    if not task.labels.names:
+        raise ConfigError("the label set is empty", field="task.labels.names")
+    if task.labels.binning is not None:
+        b = task.labels.binning
+        if not b.supportive_below < b.hate_above:
+            raise ConfigError(f"thresholds in the wrong order: supportive_below ({b.supportive_below}) must be "
+                              f"< hate_above ({b.hate_above})", field="task.labels.binning")
+    elif not task.labels.map:
+        raise ConfigError("a task needs either labels.map or labels.binning", field="task.labels")
+    elif not task.columns.label:
+        raise ConfigError("a task with labels.map needs the column holding the raw label", field="task.columns.label")
+    else:
+        for raw, canonical in task.labels.map.items():
+            if canonical not in task.labels.names:
+                raise ConfigError(f"maps {raw!r} to {canonical!r}, which is not in task.labels.names",
+                                  field=f"task.labels.map.{raw}")
+    split = task.split
+    _one_of("task.split.strategy", split.strategy, ("upstream", "auto", "grouped", "legacy_row_split"))
+    if set(split.fractions) != {"train", "dev", "test"}:
+        raise ConfigError("needs exactly train, dev and test", field="task.split.fractions")
+    for name, frac in split.fractions.items():
+        if not 0 <= frac < 1:
+            raise ConfigError(f"must be in [0, 1), got {frac}", field=f"task.split.fractions.{name}")
+    if abs(sum(split.fractions.values()) - 1) > 1e-6:
+        raise ConfigError(f"must sum to 1, got {sum(split.fractions.values()):g}", field="task.split.fractions")
+    if split.strategy == "legacy_row_split":
+        _positive("task.split.legacy_rows", split.legacy_rows)
+        if split.legacy_test_size is None or not 0 < split.legacy_test_size < 1:
+            raise ConfigError("must be in (0, 1)", field="task.split.legacy_test_size")
+    _one_of("task.prompt.format", task.prompt.format, ("chat", "raw"))
+    if task.prompt.format == "raw":
+        if not task.prompt.template or "{input}" not in task.prompt.template:
+            raise ConfigError("a raw prompt needs a template containing {input}", field="task.prompt.template")
+        if "{output}" not in task.prompt.completion or not task.prompt.completion.endswith("{eos}"):
+            raise ConfigError("must contain {output} and end with {eos}", field="task.prompt.completion")
+    _one_of("task.parser", task.parser, PARSERS)
+
+    for name, n in cfg.data.max_examples.items():
+        _one_of("data.max_examples", name, ("train", "dev", "test"))
+        if n is not None:
+            _positive(f"data.max_examples.{name}", n)
+    _positive("download.retries", cfg.download.retries, allow_zero=True)
+    _positive("download.timeout_s", cfg.download.timeout_s)
+
+    from .chat_templates import TEMPLATES
+
+    if cfg.model.chat_template is not None:
+        _one_of("model.chat_template", cfg.model.chat_template, sorted(TEMPLATES))
+    q = cfg.model.quantization
+    _one_of("model.quantization.quant_type", q.quant_type, ("nf4", "fp4"))
+    _one_of("model.quantization.compute_dtype", q.compute_dtype, ("bfloat16", "float16", "float32"))
+    _one_of("model.quantization.quant_storage", q.quant_storage, ("uint8", "bfloat16", "float16", "float32"))
+    targets = cfg.lora.target_modules
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            raise ConfigError(f"must be 'all-linear' or a list of module names, got {targets!r}",
+                              field="lora.target_modules")
+    elif not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ConfigError("must be 'all-linear' or a non-empty list of module names", field="lora.target_modules")
+    _positive("lora.r", cfg.lora.r)
+    if cfg.lora.alpha is not None:
+        _positive("lora.alpha", cfg.lora.alpha)
+    if not 0 <= cfg.lora.dropout < 1:
+        raise ConfigError(f"must be in [0, 1), got {cfg.lora.dropout}", field="lora.dropout")
+    _one_of("lora.bias", cfg.lora.bias, ("none", "all", "lora_only"))
+
+    tr = cfg.train
+    for key in ("cutoff_len", "batch_size", "grad_accum", "lr", "logging_steps", "save_steps", "save_total_limit",
+                "nproc"):
+        _positive(f"train.{key}", tr[key])
+    for key in ("eval_steps", "eval_examples"):
+        if tr[key] is not None:
+            _positive(f"train.{key}", tr[key])
+    if not 0 <= tr.warmup_ratio < 1:
+        raise ConfigError(f"must be in [0, 1), got {tr.warmup_ratio}", field="train.warmup_ratio")
+    _positive("train.warmup_steps", tr.warmup_steps, allow_zero=True)
+    if tr.warmup_ratio and tr.warmup_steps:
+        raise ConfigError("set warmup_steps or warmup_ratio, not both", field="train.warmup_steps")
+    _positive("train.weight_decay", tr.weight_decay, allow_zero=True)
+    _positive("train.max_grad_norm", tr.max_grad_norm, allow_zero=True)
+    if tr.max_steps is None:
+        _positive("train.epochs", tr.epochs)
+    else:
+        _positive("train.max_steps", tr.max_steps)
+    _one_of("train.scheduler", tr.scheduler, ("linear", "cosine", "constant", "constant_with_warmup"))
+    _one_of("train.precision", tr.precision, ("bf16", "fp16", "fp32"))
+    _one_of("train.loss_on", tr.loss_on, ("completion", "all"))
+    _one_of("train.optimizer", tr.optimizer, ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit",
+                                              "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"))
+    _one_of("eval.mode", cfg.eval.mode, ("greedy", "score"))
+    _one_of("eval.score_method", cfg.eval.score_method, ("full", "first_token"))
+    _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
+    _positive("eval.batch_size", cfg.eval.batch_size)
+    for s in cfg.eval.splits:
+        _one_of("eval.splits", s, ("train", "dev", "test"))
+    if not cfg.eval.splits and not cfg.eval.data:
+        raise ConfigError("nothing to evaluate: list splits or set eval.data", field="eval.splits")
+    _positive("eval.baseline.ngram_max", cfg.eval.baseline.ngram_max)
+    _positive("eval.baseline.min_df", cfg.eval.baseline.min_df)
+    _positive("eval.baseline.c", cfg.eval.baseline.c)
+    if cfg.carbon.hours is not None:
+        _positive("carbon.hours", cfg.carbon.hours, allow_zero=True)
+    for key in ("device_power_w", "pue", "carbon_intensity_kg_per_kwh"):
+        _positive(f"carbon.{key}", cfg.carbon[key])
+
+
+def validate(cfg: DictConfig | dict) -> DictConfig:
+    """Merge `cfg` into the typed schema (types, unknown keys) and check the rules; raise one ConfigError."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        OmegaConf.to_container(typed, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or None
+        msg = str(err).splitlines()[0]
+        raise ConfigError(msg, field=key) from None
+    _check_rules(typed)
+    return typed
