@@ -96,6 +96,11 @@ def external_results_base(data_file: str | Path) -> Path:
     return METRICS / "external" / Path(data_file).stem
 
 
+def calibration_file(base: str | Path) -> Path:
+    """The decision rule fitted on dev by an evaluation run (read by the service too)."""
+    return Path(base) / "calibration.json"
+
+
 def results_json(base: str | Path) -> Path:
     base = Path(base)
     return base.with_name(base.name + ".json")
