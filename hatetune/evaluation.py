@@ -119,8 +119,8 @@ def write_results(base: Path, results: Mapping[str, dict], run_info: Mapping, ti
         if calibration is not None:
             write_json(paths.calibration_file(tmp), calibration["rule"])
             plot_pr_curves({name: (c["precision"], c["recall"]) for name, c in calibration["pr_curves"].items()},
-                           tmp / "pr_curve.png", chosen=calibration["chosen_point"])
-            plot_reliability(calibration["reliability"], tmp / "reliability.png")
+                           tmp / paths.PR_CURVE_FILE, chosen=calibration["chosen_point"])
+            plot_reliability(calibration["reliability"], tmp / paths.RELIABILITY_FILE)
     write_json(paths.results_json(base), {name: r["metrics"] for name, r in results.items()})
 
 

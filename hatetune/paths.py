@@ -84,6 +84,8 @@ CARBON_TOTAL = CARBON_DIR / "total.json"
 EVAL, ZEROSHOT, BASELINE = "eval", "zeroshot", "baseline"
 # The files of one evaluated split, in <results base>/<split>/.
 PREDICTIONS_FILE, CONFUSION_FILE = "predictions.jsonl", "confusion.csv"
+# A calibrated run's decision-rule plots, in <results base>/.
+PR_CURVE_FILE, RELIABILITY_FILE = "pr_curve.png", "reliability.png"
 
 
 def results_base(name: str) -> Path:
