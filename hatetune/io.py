@@ -23,13 +23,13 @@ OWNER_ONLY_UMASK = 0o077  # files 0600, folders 0700
 
 
 @contextlib.contextmanager
-def _staged(path: Path) -> Iterator[tuple[Path, Path]]:
-    """(temporary target, its folder) beside `path`, in the same directory so the final rename is atomic; the
-    folder is removed on the way out, whatever happened."""
+def _staged(path: Path) -> Iterator[Path]:
+    """A temporary path for `path`, inside a temporary folder beside it (the same directory, so the final rename
+    is atomic); the folder is removed on the way out, whatever happened."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp / path.name, tmp
+        yield tmp / path.name
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -48,7 +48,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     Works for files and directories. The temporary lives in the same directory so the final rename is atomic.
     """
     path = Path(path)
-    with _staged(path) as (target, _):
+    with _staged(path) as target:
         yield target
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -65,7 +65,7 @@ def atomic_paths(*paths: PathLike) -> Iterator[list[Path]]:
     """
     targets = [Path(p) for p in paths]
     with contextlib.ExitStack() as stack:
-        staged = [stack.enter_context(_staged(p))[0] for p in targets]
+        staged = [stack.enter_context(_staged(p)) for p in targets]
         yield staged
         for path in targets:
             _remove(path)

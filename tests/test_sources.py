@@ -169,7 +169,8 @@ def test_a_pin_cannot_be_checked_against_several_files(tmp_path):
     write_dynahate(mirror / "dynahate" / "a.csv")
     write_dynahate(mirror / "dynahate" / "b.csv")
     source = https_source("https://example.invalid/x.csv", sha256="1" * 64, filename=None)
-    for run in (lambda: sources.resolve(source, mirror), lambda: sources.fetch(source, tmp_path / "raw", mirror=mirror)):
+    for run in (lambda: sources.resolve(source, mirror),
+                lambda: sources.fetch(source, tmp_path / "raw", mirror=mirror)):
         with pytest.raises(HatetuneError, match=r"the source has 2 data files \(a.csv, b.csv\), so the pin cannot"):
             run()
     assert not (tmp_path / "raw").exists()
