@@ -13,6 +13,9 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 SPLITS = ("train", "dev", "test")
 LABELS_FILE, SPLIT_FILE = "labels.csv", "split.json"  # the labels stage's files in interim_dir
+DVC_CACHE = Path(".dvc") / "cache"  # DVC's copies of every cached output (posts included)
+# Folders holding posts, annotator ids or models trained on them: owner-only under privacy.owner_only.
+PRIVATE_DIRS = (DATA, MODELS, DVC_CACHE)
 
 
 # ------------------------------------------------------------------------------------------------ data

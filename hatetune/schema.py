@@ -5,6 +5,8 @@ cannot express (ranges, choices, combinations).
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -16,6 +18,7 @@ from .errors import ConfigError
 # Only what is implemented end to end: a task or parser that evaluate cannot handle fails here, not after training.
 TASKS = ("dynahate", "mhs")
 PARSERS = ("dynahate_regex", "mhs_substring")
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -203,6 +206,11 @@ class DataConf:
 
 
 @dataclass
+class PrivacyConf:
+    owner_only: bool = True  # data/, models/, the DVC cache and every file a stage writes: owner-only
+
+
+@dataclass
 class Config:
     seed: int = 42
     download: DownloadConf = field(default_factory=DownloadConf)
@@ -213,12 +221,22 @@ class Config:
     train: TrainConf = field(default_factory=TrainConf)
     eval: EvalConf = field(default_factory=EvalConf)
     carbon: CarbonConf = field(default_factory=CarbonConf)
+    privacy: PrivacyConf = field(default_factory=PrivacyConf)
 
 
 # -------------------------------------------------------------------------------------------- validation
 def _one_of(key: str, value, allowed: Sequence) -> None:
     if value not in allowed:
         raise ConfigError(f"{value!r} is not one of {', '.join(map(str, allowed))}", field=key)
+
+
+def _finite_numbers(node, key: str = "") -> None:
+    """NaN or infinity anywhere is an error: every comparison with NaN is false, so no range check catches it."""
+    if isinstance(node, (dict, list)):
+        for name, value in (node.items() if isinstance(node, dict) else enumerate(node)):
+            _finite_numbers(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"must be a finite number, got {node}", field=key)
 
 
 def _positive(key: str, value, allow_zero: bool = False) -> None:
@@ -228,6 +246,9 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
 
 def _check_rules(cfg: DictConfig) -> None:
     """Rules a type cannot express. Each failure names the key."""
+    _finite_numbers(OmegaConf.to_container(cfg))
+    if not 0 <= cfg.seed < 2 ** 32:
+        raise ConfigError(f"must be in [0, 2^32), got {cfg.seed}", field="seed")
     task = cfg.task
     _one_of("task.name", task.name, TASKS)
     _one_of("task.source.kind", task.source.kind, ("https", "hub", "local"))
@@ -236,6 +257,9 @@ def _check_rules(cfg: DictConfig) -> None:
         raise ConfigError(f"a {task.source.kind} source needs task.source.{needs}", field=f"task.source.{needs}")
     if task.source.kind == "hub" and not task.source.revision:
         raise ConfigError("pin a Hub dataset to a revision (commit sha or tag)", field="task.source.revision")
+    if task.source.sha256 is not None and not SHA256.fullmatch(task.source.sha256):
+        raise ConfigError(f"{task.source.sha256!r} is not a sha256 (64 hexadecimal characters; quote an all-digit "
+                          "one in YAML)", field="task.source.sha256")
     if not task.labels.names:
         raise ConfigError("the label set is empty", field="task.labels.names")
     if task.labels.binning is not None:
@@ -259,6 +283,9 @@ def _check_rules(cfg: DictConfig) -> None:
     for name, frac in split.fractions.items():
         if not 0 <= frac < 1:
             raise ConfigError(f"must be in [0, 1), got {frac}", field=f"task.split.fractions.{name}")
+    if split.fractions["train"] == 0:
+        raise ConfigError("must be > 0: a model cannot learn from an empty train split",
+                          field="task.split.fractions.train")
     if abs(sum(split.fractions.values()) - 1) > 1e-6:
         raise ConfigError(f"must sum to 1, got {sum(split.fractions.values()):g}", field="task.split.fractions")
     if split.strategy == "legacy_row_split":
