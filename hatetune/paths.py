@@ -87,6 +87,8 @@ CARBON_TOTAL = CARBON_DIR / "total.json"
 EVAL, ZEROSHOT, BASELINE = "eval", "zeroshot", "baseline"
 # The files of one evaluated split, in <results base>/<split>/.
 PREDICTIONS_FILE, CONFUSION_FILE = "predictions.jsonl", "confusion.csv"
+# A calibrated run's decision-rule plots, in <results base>/.
+PR_CURVE_FILE, RELIABILITY_FILE = "pr_curve.png", "reliability.png"
 
 
 def results_base(name: str) -> Path:
@@ -97,6 +99,11 @@ def results_base(name: str) -> Path:
 def external_results_base(data_file: str | Path) -> Path:
     """Results of scoring a hand-picked Alpaca JSONL (`eval.data`)."""
     return METRICS / "external" / Path(data_file).stem
+
+
+def calibration_file(base: str | Path) -> Path:
+    """The decision rule fitted on dev by an evaluation run (read by the service too)."""
+    return Path(base) / "calibration.json"
 
 
 def results_json(base: str | Path) -> Path:

@@ -136,6 +136,7 @@ class TrainConf:
     precision: str = "bf16"
     gradient_checkpointing: bool = False
     group_by_length: bool = True
+    packing: str = "none"  # none: padded batches; shared_prefix: a batch as one row, its common prefix once
     loss_on: str = "completion"
     logging_steps: int = 5
     save_steps: int = 20
@@ -155,12 +156,22 @@ class BaselineConf:
 
 
 @dataclass
+class CalibrationConf:
+    """The decision rule of score mode, fitted on the dev split (hatetune.calibration)."""
+    method: str = "threshold"  # threshold | none (plain argmax of the label likelihoods)
+    positive: Optional[str] = None  # the label the threshold is on; null: the task's first label
+    objective: str = "macro_f1"  # macro_f1 | precision (the lowest threshold reaching target_precision)
+    target_precision: float = 0.9
+    temperature: bool = True  # fit a temperature on dev so the probabilities are calibrated
+
+
+@dataclass
 class EvalConf:
     mode: str = "greedy"  # greedy | score
     score_method: str = "full"  # full: log-likelihood of every label token + EOS; first_token: the shortcut
     max_new_tokens: int = 4
     batch_size: int = 16
-    splits: List[str] = field(default_factory=lambda: ["test"])
+    splits: List[str] = field(default_factory=lambda: ["dev", "test"])
     unquantized_base: bool = False
     adapter: bool = True  # false: the base model alone (the evaluate_zeroshot stage)
     adapter_dir: Optional[str] = None  # null: the train stage's models/adapter/<task>
@@ -169,6 +180,7 @@ class EvalConf:
     prefix_cache: bool = True
     agreement: bool = True  # also compute the other mode's labels: greedy/score agreement
     baseline: BaselineConf = field(default_factory=BaselineConf)
+    calibration: CalibrationConf = field(default_factory=CalibrationConf)
 
 
 @dataclass
@@ -338,10 +350,24 @@ def _check_rules(cfg: DictConfig) -> None:
     _one_of("train.scheduler", tr.scheduler, ("linear", "cosine", "constant", "constant_with_warmup"))
     _one_of("train.precision", tr.precision, ("bf16", "fp16", "fp32"))
     _one_of("train.loss_on", tr.loss_on, ("completion", "all"))
+    _one_of("train.packing", tr.packing, ("none", "shared_prefix"))
     _one_of("train.optimizer", tr.optimizer, ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit",
                                               "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"))
     _one_of("eval.mode", cfg.eval.mode, ("greedy", "score"))
     _one_of("eval.score_method", cfg.eval.score_method, ("full", "first_token"))
+    cal = cfg.eval.calibration
+    _one_of("eval.calibration.method", cal.method, ("none", "threshold"))
+    _one_of("eval.calibration.objective", cal.objective, ("macro_f1", "precision"))
+    if not 0 < cal.target_precision <= 1:
+        raise ConfigError(f"must be in (0, 1], got {cal.target_precision}", field="eval.calibration.target_precision")
+    if cal.positive is not None:
+        _one_of("eval.calibration.positive", cal.positive, list(task.labels.names))
+    if cal.method == "threshold" and "dev" not in cfg.eval.splits:
+        raise ConfigError("the decision threshold is fitted on the dev split: keep dev in eval.splits",
+                          field="eval.splits")
+    if cal.method == "threshold" and cfg.eval.mode != "score":
+        raise ConfigError("a decision threshold applies to label scores: set eval.mode=score (or "
+                          "eval.calibration.method=none)", field="eval.calibration.method")
     _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
     _positive("eval.batch_size", cfg.eval.batch_size)
     for s in cfg.eval.splits:

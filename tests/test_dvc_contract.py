@@ -89,7 +89,7 @@ def test_a_stage_reading_an_undeclared_param_fails_naming_it(tmp_path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     processed = tmp_path / paths.processed_dir("dynahate")
     processed.mkdir(parents=True)
-    for split in ("train", "test"):
+    for split in ("train", "dev", "test"):
         rows = [{"instruction": "i", "input": f"post {i}", "output": ["hate", "not hate"][i % 2], "system": ""}
                 for i in range(6)]
         (processed / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
