@@ -96,8 +96,9 @@ def score(rows: Sequence[Mapping], gold: Sequence[str], predicted: Sequence[str]
     scored = {"metrics": result, "records": records,
               "report": M.classification_report_text(gold, predicted, labels),
               "confusion": M.confusion_counts(gold, predicted, labels)}
-    if breakdown is not None:
-        tables = group_tables(records, breakdown_keys(rows, breakdown), breakdown.positive, breakdown.min_size)
+    tables = group_tables(records, breakdown_keys(rows, breakdown), breakdown.positive,
+                          breakdown.min_size) if breakdown is not None else {}
+    if tables:  # rows without group keys (a hand-made eval.data file) have no breakdown
         scored["groups"] = {"positive": breakdown.positive, "min_size": breakdown.min_size,
                             "not_groups": list(breakdown.not_groups), "breakdowns": tables}
         if breakdown.gap in tables:
@@ -117,7 +118,11 @@ def score_suite(suite: functional.Suite, task_predicted: Sequence[str], label_ma
     result = score(suite.rows, suite.gold, predicted, functional.LABELS, outputs=outputs,
                    columns={**(columns or {}), "task_label": list(task_predicted)}, extra_metrics=extra_metrics,
                    breakdown=spec)
-    worst = extremes(result["groups"]["breakdowns"][functional.FUNCTIONALITY])
+    by_functionality = result["groups"]["breakdowns"][functional.FUNCTIONALITY]
+    # over the functionalities of full size; when a (small, hand-made) suite has none, over all of them
+    worst = extremes(by_functionality)
+    if worst["worst_group"] is None:
+        worst = extremes(by_functionality, include_small=True)
     result["metrics"]["worst_functionality"] = {"name": worst["worst_group"], "accuracy": worst["worst_accuracy"],
                                                 "n": worst["worst_n"]}
     return result

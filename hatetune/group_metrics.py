@@ -93,17 +93,17 @@ def by_size(table: Mapping[str, Mapping]) -> List[str]:
     return sorted(table, key=lambda g: (-table[g]["n"], g))
 
 
-def extremes(table: Mapping[str, Mapping], not_groups: Sequence[str] = ()) -> dict:
-    """The worst and best group by accuracy among those of full size that are real groups, and the gap between
-    them (null when fewer than two groups qualify)."""
-    eligible = {g: s for g, s in table.items() if not s["small"] and g not in set(not_groups)}
+def extremes(table: Mapping[str, Mapping], not_groups: Sequence[str] = (), include_small: bool = False) -> dict:
+    """The worst and best group by accuracy among those of full size (all, with `include_small`) that are real
+    groups, and the gap between them (null when fewer than two groups qualify)."""
+    eligible = {g: s for g, s in table.items() if (include_small or not s["small"]) and g not in set(not_groups)}
     found: Dict[str, Any] = {"groups_compared": len(eligible), "accuracy_gap": None, "worst_group": None,
                              "worst_accuracy": None, "worst_n": None, "best_group": None, "best_accuracy": None,
                              "best_n": None}
     if not eligible:
         return found
     worst = min(eligible, key=lambda g: (eligible[g]["accuracy"], g))
-    best = min(eligible, key=lambda g: (-eligible[g]["accuracy"], g))
+    best = max(eligible, key=lambda g: (eligible[g]["accuracy"], g))  # ties: worst first by name, best last
     found.update(worst_group=worst, worst_accuracy=eligible[worst]["accuracy"], worst_n=eligible[worst]["n"],
                  best_group=best, best_accuracy=eligible[best]["accuracy"], best_n=eligible[best]["n"])
     if len(eligible) >= 2:
