@@ -119,7 +119,8 @@ def hatecheck_rows(per_functionality: int = 7) -> list[dict]:
                          "label_gold": "hateful" if hateful else "non-hateful", "target_ident": identity,
                          "direction": ("directed" if k % 3 == 0 else "general") if hateful else "-",
                          "focus_words": "word", "focus_lemma": "word", "ref_case_id": "", "ref_templ_id": "",
-                         "templ_id": str(1 + index // 7), "case_templ": f"Case {k} of {functionality} about [IDENTITY_P]. "})
+                         "templ_id": str(1 + index // 7),
+                         "case_templ": f"Case {k} of {functionality} about [IDENTITY_P]. "})
     return rows
 
 
