@@ -142,13 +142,14 @@ def plot_heatmap(rows: Sequence[str], columns: Sequence[str], values: Sequence[S
     plt = _pyplot()
     grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(columns), 1.2 + 0.32 * len(rows)))
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#dddddd")
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(columns)):
             if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                dark = grid[i, j] < 0.2 or grid[i, j] > 0.85  # the ends of the colour map are dark
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
     ax.set_xticks(range(len(columns)), columns, fontsize=9)
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(rows)), rows, fontsize=8)

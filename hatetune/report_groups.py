@@ -8,7 +8,7 @@ from typing import List, Mapping, Optional, Sequence
 from .functional import FUNCTIONALITY, REFERENCE, REFERENCE_SOURCE, TARGET
 from .group_metrics import by_size
 
-SMALL_MARK = "*"
+SMALL_MARK = "†"
 
 
 def _cell(stats: Optional[Mapping]) -> str:
@@ -54,9 +54,9 @@ def _small_note(tables: Mapping[str, Optional[Mapping]]) -> str:
     if not meta:
         return ""
     not_groups = ", ".join(meta.get("not_groups") or [])
-    return (f"{SMALL_MARK} fewer than {meta['min_size']} examples (`eval.min_group_size`): shown, left out of the "
-            f"gap; read any group of a few dozen posts as a rough indication (95% intervals in `groups.json`)."
-            + (f" Not compared as groups: {not_groups}." if not_groups else ""))
+    return (f"Groups marked {SMALL_MARK} have fewer than {meta['min_size']} examples (`eval.min_group_size`): shown, "
+            "left out of the gap. Read any group of a few dozen posts as a rough indication (95% intervals in "
+            "`groups.json`)." + (f" Not compared as groups: {not_groups}." if not_groups else ""))
 
 
 def groups_section(split: str, tables: Mapping[str, Optional[Mapping]], systems: Mapping[str, Optional[Mapping]],
