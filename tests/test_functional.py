@@ -11,7 +11,9 @@ import pytest
 from hatetune import config, evaluation, functional, paths, records, sources
 from hatetune.errors import HatetuneError
 from hatetune.parsing import INVALID
-from upstream_fixtures import HATECHECK_FUNCTIONALITIES, hatecheck_rows, write_hatecheck
+from support import mirror_dir
+from upstream_fixtures import (HATECHECK_FUNCTIONALITIES, HATECHECK_IDENTITIES, NO_IDENTITY, hatecheck_rows,
+                               write_hatecheck)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = str(ROOT / "params.yaml")
@@ -204,3 +206,29 @@ def test_enabled_the_stage_fetches_checks_and_pins(tmp_path, monkeypatch, capsys
     assert (paths.FUNCTIONAL_RAW_DIR / "test_suite_cases.csv").is_file()
     assert len((paths.FUNCTIONAL_DIR / paths.FUNCTIONAL_CASES).read_text().splitlines()) == 203
     assert "203 cases in 29 functionalities (126 hateful, 77 non-hateful)" in capsys.readouterr().err
+
+
+def _real_hatecheck():
+    mirror = mirror_dir()
+    found = mirror / "hatecheck" / "test_suite_cases.csv" if mirror else None
+    return found if found and found.is_file() else None
+
+
+@pytest.mark.skipif(_real_hatecheck() is None, reason="needs HateCheck's test_suite_cases.csv in <mirror>/hatecheck/ "
+                                                      "(not in ../shared/mirror)")
+def test_the_real_suite_from_a_mirror_matches_the_pin_and_the_paper(tmp_path, monkeypatch):
+    """HateCheck itself, when a mirror holds it: the default sha256 pin, and the paper's 3,728 cases in 29
+    functionalities (11 non-hateful) in the order and with the identities the fixtures copy."""
+    from stages import functional_suite
+
+    mirror = _real_hatecheck().parents[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HATETUNE_MIRROR", str(mirror))
+    assert run_stage(functional_suite, "eval.functional.enabled=true") == 0  # the pinned sha256 is checked
+    info = json.loads((paths.FUNCTIONAL_DIR / paths.FUNCTIONAL_SUMMARY).read_text())
+    assert info["cases"] == 3728 and info["order"] == HATECHECK_FUNCTIONALITIES
+    assert sum(f["gold"] == "non-hateful" for f in info["functionalities"].values()) == 11
+    cases = [json.loads(line) for line in (paths.FUNCTIONAL_DIR / paths.FUNCTIONAL_CASES).read_text().splitlines()]
+    assert {c["functionality"] for c in cases if not c["target_ident"]} == NO_IDENTITY
+    assert {c["target_ident"] for c in cases} - {""} == set(HATECHECK_IDENTITIES)
+    assert not any(c["text"].endswith(" ") for c in cases)
