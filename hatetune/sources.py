@@ -88,8 +88,20 @@ def resolve(source: Mapping[str, Any], mirror: Optional[Path]) -> dict:
     return {"kind": source["kind"], **upstream}
 
 
+def task_sources(task: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """{key: source} of a task with several corpora: its `source` (key: its name) and its `extra_sources`."""
+    return {task["source"]["name"]: task["source"], **dict(task.get("extra_sources") or {})}
+
+
+def resolve_many(sources: Mapping[str, Mapping[str, Any]], mirror: Optional[Path]) -> dict:
+    """`resolve` of each source, by key."""
+    return {"kind": "several", "sources": {key: resolve(source, mirror) for key, source in sources.items()}}
+
+
 def describe(resolved: Mapping[str, Any]) -> str:
     """One line naming the data actually used, for logs and the model card."""
+    if resolved["kind"] == "several":
+        return "; ".join(f"{key}: {describe(r)}" for key, r in resolved["sources"].items())
     if resolved["kind"] in ("mirror", "local"):
         files = ", ".join(f"{f['path']} (sha256 {f['sha256'][:12]}…)" for f in resolved["files"])
         where = f"offline mirror entry `{resolved['entry']}`" if resolved["kind"] == "mirror" else resolved["path"]
@@ -250,6 +262,16 @@ def fetch(source: Mapping[str, Any], dest_dir: str | Path, *, mirror: Optional[P
             manifest["note"] = "no sha256 pinned: set task.source.sha256 to the file's sha256 above to verify it"
         write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def fetch_many(sources: Mapping[str, Mapping[str, Any]], dest_dir: str | Path, **kwargs) -> dict:
+    """`fetch` each source into `dest_dir`/<key>/ (its files and manifest.json); `dest_dir`/manifest.json lists
+    them. The whole folder appears complete or not at all."""
+    with atomic_path(dest_dir) as tmp:
+        tmp.mkdir()
+        manifests = {key: fetch(source, tmp / key, **kwargs) for key, source in sources.items()}
+        write_json(tmp / MANIFEST, {"kind": "several", "sources": {key: f"{key}/{MANIFEST}" for key in manifests}})
+    return {"kind": "several", "sources": manifests}
 
 
 def read_manifest(raw_dir: str | Path) -> dict:

@@ -4,6 +4,9 @@ Maps (DynaHate) or bins (MHS) the labels, checks every row (errors name file, ro
 (task.split.strategy: upstream | auto | grouped | legacy_row_split; auto re-splits when the data lacks a split),
 writes split.json (how it split) and metrics/data.json (rows and label counts per split).
 
+A generation task (stophate) reads all its corpora instead (hatetune.corpora): one deduplicated post per line in
+data/interim/<task>/posts.jsonl, split so that no text, CONAN pair or dialogue is in two splits.
+
     python -m stages.labels
     python -m stages.labels task=mhs task.split.strategy=legacy_row_split
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from hatetune import config, labels, paths
+from hatetune import config, corpora, labels, paths
 from hatetune.errors import exit_on_error
 from hatetune.io import write_json
 
@@ -20,12 +23,19 @@ from hatetune.io import write_json
 def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "labels", argv)
     task = cfg.task
-    records = labels.read_raw_dir(paths.raw_dir(task.name), labels.required_columns(task))
-    result = labels.canonical_table(records, task, seed=cfg.seed)
+    if task.kind == "generation":
+        result = corpora.build_posts(task, paths.raw_dir(task.name), seed=cfg.seed)
+    else:
+        records = labels.read_raw_dir(paths.raw_dir(task.name), labels.required_columns(task))
+        result = labels.canonical_table(records, task, seed=cfg.seed)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    labels.write_canonical(result, paths.interim_dir(task.name))
-    metrics = labels.data_metrics(result, task)
+    if task.kind == "generation":
+        corpora.write_posts(result, paths.interim_dir(task.name))
+        metrics = corpora.data_metrics(result, task)
+    else:
+        labels.write_canonical(result, paths.interim_dir(task.name))
+        metrics = labels.data_metrics(result, task)
     write_json(paths.DATA_METRICS, metrics)
     print(f"labels: {metrics['rows']} ({metrics['split_strategy']} split)", file=sys.stderr)
     return 0

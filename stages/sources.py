@@ -3,7 +3,9 @@
 An offline mirror ($HATETUNE_MIRROR or download.mirror) or the network decides which files are used, and DVC
 cannot see an environment variable; so this stage always runs (`always_changed`) and writes what it found:
 - data/raw/<task>.source.json: the mirror's files and their sha256, or the pinned URL / Hub revision;
-- models/base/<model>.source.json: the mirror's GGUF and its sha256, the Hub commit, or the local folder.
+- models/base/<model>.source.json: the mirror's GGUF and its sha256, the Hub commit, or the local folder;
+- models/judge/<task>.source.json: a generation task's judge (eval.judge.adapter_dir and the sha256 of its files,
+  or the TF-IDF fallback and why; "not applicable" for a classification task).
 download and base_model depend on these files: when the resolution changes (a switch between mirror and Hub,
 an edited mirror file), they rerun, and so does everything after them; when it does not, nothing else does.
 """
@@ -20,12 +22,17 @@ from hatetune.io import write_json
 def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "sources", argv)
     mirror = sources.mirror_root(cfg.download.mirror)
-    data = sources.resolve(cfg.task.source, mirror)
+    data = (sources.resolve_many(sources.task_sources(cfg.task), mirror) if cfg.task.extra_sources
+            else sources.resolve(cfg.task.source, mirror))
     base = model_sources.resolve(cfg.model, mirror)
+    judge = model_sources.resolve_judge(cfg.task.kind, cfg.eval.judge.adapter_dir, cfg.model)
     write_json(paths.data_source_file(cfg.task.name), data)
     write_json(paths.base_source_file(cfg.model.name), base)
+    write_json(paths.judge_source_file(cfg.task.name), judge)
     print(f"sources: data {sources.describe(data)}", file=sys.stderr)
     print(f"sources: base model {model_sources.describe(base)}", file=sys.stderr)
+    if judge["kind"] != "not applicable":
+        print(f"sources: judge {judge.get('path') or 'TF-IDF'} ({judge.get('reason') or 'adapter'})", file=sys.stderr)
     return 0
 
 
