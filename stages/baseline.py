@@ -3,6 +3,10 @@ fine-tuned on) and scored on the same eval.splits as the evaluate stage, as cont
 
 Writes metrics/baseline.json and metrics/baseline/<split>/ (predictions.jsonl, confusion.csv/png,
 classification_report.txt). Settings: eval.baseline (ngram_max, min_df, c), seed.
+
+A generation task (stophate) trains it on its DynaHate train posts and scores it on its DynaHate test posts
+(data/processed/<task>/judge_{train,test}.jsonl): the hate classifier that judges replies when no classifier
+adapter is there, and its own test scores.
 """
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "baseline", argv)
     labels = list(cfg.task.labels.names)
     b = cfg.eval.baseline
-    train_rows, train_gold = evaluation.load_rows(paths.split_file(cfg.task.name, "train"), labels)
+    generation = cfg.task.kind == "generation"
+    data_file = paths.judge_data_file if generation else paths.split_file
+    train_rows, train_gold = evaluation.load_rows(data_file(cfg.task.name, "train"), labels)
     model = baseline.fit_tfidf_logreg([r["input"] for r in train_rows], train_gold, b.ngram_max, b.min_df, b.c,
                                       cfg.seed)
     results = {}
-    for split in cfg.eval.splits:
-        rows, gold = evaluation.load_rows(paths.split_file(cfg.task.name, split), labels)
+    for split in ["test"] if generation else cfg.eval.splits:
+        rows, gold = evaluation.load_rows(data_file(cfg.task.name, split), labels)
         predicted = baseline.predict(model, [r["input"] for r in rows])
         results[split] = evaluation.score(rows, gold, predicted, labels)
         print(evaluation.summary_line(split, results[split]["metrics"]))
