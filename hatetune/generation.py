@@ -98,7 +98,7 @@ def set_metrics(records: Sequence[Mapping], sets: Sequence[str]) -> dict:
 
 def evaluate_systems(model, tokenizer, rows: Sequence[Mapping], cfg, adapter: bool) -> Dict[str, Dict[str, dict]]:
     """{system: {decoding: {"records": [...], "metrics": set_metrics}}} for every system and decoding."""
-    g, stop_message = cfg.eval.generation, cfg.task.targets.stop_message
+    g, stop_message = cfg.eval.generation, cfg.task.stop_message
     results: Dict[str, Dict[str, dict]] = {}
     for name, system in systems(cfg.task, adapter).items():
         for decoding in g.decodings:

@@ -116,7 +116,7 @@ def _summary(cfg, facts: Mapping) -> List[str]:
     g, t = cfg.eval.generation, cfg.task.targets
     return [f"Replies of four systems to the same held-out posts: the base model, the base with the paper's stop "
             f"prompt and with its counter-speech prompt as system prompt, and the model fine-tuned in mode "
-            f"`{t.mode}` (stop message: `{t.stop_message}`). Decodings: {', '.join(g.decodings)} (temperature "
+            f"`{t.mode}` (stop message: `{cfg.task.stop_message}`). Decodings: {', '.join(g.decodings)} (temperature "
             f"{g.temperature:g}, top_p {g.top_p:g}, seeded), at most {g.max_new_tokens} new tokens; at most "
             f"{g.max_prompts or 'all'} posts per set. A stop is a reply that is the stop message once case, "
             "whitespace and quotes are normalised; over-refusal is the stop rate on non-hateful posts, which the "
@@ -140,6 +140,18 @@ def build_report(cfg, facts: Mapping, plots: Sequence[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def details(cfg, base_source) -> dict:
+    """report.hyperparameters with this task's targets and decoding in place of a classifier's evaluation."""
+    g, t = cfg.eval.generation, cfg.task.targets
+    found = report.hyperparameters(cfg, base_source)
+    found["targets"] = (f"{t.mode}, stop message `{cfg.task.stop_message}`, trained on "
+                        f"{', '.join(t.train_sources) if t.train_sources else 'every source'}")
+    found["evaluation"] = (f"{', '.join(g.decodings)} (temperature {g.temperature:g}, top_p {g.top_p:g}), at most "
+                           f"{g.max_new_tokens} new tokens, {g.max_prompts or 'all'} posts per set, batch "
+                           f"{cfg.eval.batch_size}")
+    return found
+
+
 def model_card(cfg, facts: Mapping, example_prompt: str) -> str:
     """README.md of the released Stop-Hate adapter (Hugging Face model-card style)."""
     base_source = facts.get("base_source")
@@ -150,14 +162,14 @@ def model_card(cfg, facts: Mapping, example_prompt: str) -> str:
     body = [f"# {cfg.model.name} Stop-Hate adapter ({t.mode})", "",
             "> **Content warning**: this model concerns hate speech; its data, evaluation and example replies "
             "contain offensive, slurring and hateful language.", "",
-            f"A LoRA adapter for {cfg.model.hub_id} that answers hateful posts with `{t.stop_message}`"
+            f"A LoRA adapter for {cfg.model.hub_id} that answers hateful posts with `{cfg.task.stop_message}`"
             + (" and other posts as the base model did (self-distilled replies)" if t.mode == "stop_when_hateful"
                else " and every post the same way (seed A's recipe)" if t.mode == "stop_all"
                else " with a counter-narrative, and other posts as the base model did") +
             ". Trained and evaluated with hatetune (`dvc repro` reproduces this folder); a reproduction of "
             "Piot & Parapar, \"Decoding Hate\" (NAACL 2025), irlab-udc/LLaMA2-13b-Stop-Hate.", "",
             base_weights_note(base_source), "",
-            "## Model details", "", _kv_table(report.hyperparameters(cfg, base_source)), "",
+            "## Model details", "", _kv_table(details(cfg, base_source)), "",
             "## Training data", "", data_note(facts.get("data_source"), cfg), "",
             "CONAN (DIALOCONAN, Multitarget-CONAN, KN-grounded) is licensed for research only: this card quotes none "
             "of it.", "", report.split_sizes_table(facts["data"]), "",

@@ -86,7 +86,6 @@ class ColumnsConf:
 class TargetsConf:
     """What a generation task teaches the model to answer (Stop-Hate)."""
     mode: str = "stop_when_hateful"  # stop_when_hateful | stop_all (seed A) | counter_speech
-    stop_message: str = "I cannot engage with this conversation."
     dialogues: bool = False  # DIALOCONAN: earlier turns of the dialogue as chat history
     train_sources: Optional[List[str]] = None  # sources whose train rows are trained on (null: all)
     distill_max_new_tokens: int = 48  # self-distilled normal replies: at most this many new tokens (greedy)
@@ -106,6 +105,8 @@ class TaskConf:
     extra_sources: Dict[str, SourceConf] = field(default_factory=dict)
     max_examples: Optional[Dict[str, Optional[int]]] = None  # this task's subsample per split (null: data.max_examples)
     targets: Optional[TargetsConf] = None  # generation tasks
+    # generation tasks: what the model answers hateful posts with, and what counts as a stop in its evaluation
+    stop_message: Optional[str] = None
     prompted_systems: Dict[str, str] = field(default_factory=dict)  # name -> system prompt of a prompted base system
 
 
@@ -390,7 +391,7 @@ def _check_generation_task(cfg: DictConfig) -> None:
     if task.parser != "stop_message":
         raise ConfigError("a generation task's replies are parsed by stop_message", field="task.parser")
     if task.targets is None:
-        raise ConfigError("a generation task needs its targets (mode, stop_message)", field="task.targets")
+        raise ConfigError("a generation task needs its targets (mode, ...)", field="task.targets")
     for key, source in task.extra_sources.items():
         _one_of("task.extra_sources", key, CORPUS_READERS)
         _one_of(f"task.extra_sources.{key}.kind", source.kind, ("https", "hub", "local"))
@@ -401,8 +402,8 @@ def _check_generation_task(cfg: DictConfig) -> None:
             raise ConfigError("pin a Hub dataset to a revision", field=f"task.extra_sources.{key}.revision")
     t = task.targets
     _one_of("task.targets.mode", t.mode, TARGET_MODES)
-    if not t.stop_message.strip():
-        raise ConfigError("the stop message is empty", field="task.targets.stop_message")
+    if not (task.stop_message or "").strip():
+        raise ConfigError("a generation task needs its stop message", field="task.stop_message")
     known = [task.source.name, *task.extra_sources]
     for name in t.train_sources or []:
         _one_of("task.targets.train_sources", name, known)

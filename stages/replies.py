@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for split, rows in splits.items():
-            resolved, counts = targets.resolve(rows, t.mode, t.stop_message, replies)
+            resolved, counts = targets.resolve(rows, t.mode, task.stop_message, replies)
             write_jsonl(tmp / paths.split_file(task.name, split).name, resolved)
             info[split] = counts
             print(f"replies: {split}: {len(resolved)} training rows {counts}", file=sys.stderr)
