@@ -50,10 +50,11 @@ def _where(records: pd.DataFrame, i: int) -> dict:
 def read_metahate(records: pd.DataFrame, key: str) -> List[dict]:
     """MetaHate (label 0 = no hate speech, 1 = hate speech; text)."""
     posts = []
+    labels = {"0": NOT_HATE, "1": HATE, "0.0": NOT_HATE, "1.0": HATE}  # a parquet file may hold them as floats
     for i, (raw, text, row) in enumerate(zip(_column(records, "label"), _column(records, "text"), records[L.ROW])):
-        if raw.strip() not in ("0", "1"):
+        if raw.strip() not in labels:
             raise HatetuneError(f"label {raw!r} is not 0 or 1", field="label", **_where(records, i))
-        posts.append(_post(key, row, text, HATE if raw.strip() == "1" else NOT_HATE))
+        posts.append(_post(key, row, text, labels[raw.strip()]))
     return posts
 
 
