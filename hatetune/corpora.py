@@ -10,7 +10,7 @@ split so that no text, no CONAN hate-speech / counter-narrative pair and no DIAL
 - Groups: a post is linked to its text, its counter-narratives, its DIALOCONAN dialogue and its DynaHate pair;
   whatever is linked, directly or through others, is one group.
 - Splits: a group holding DynaHate posts takes their split (test before dev before train, should they disagree);
-  the other groups are split by `labels.grouped_split` (seeded, stratified by source and label, task.split.fractions).
+  the other groups are split by `splits.grouped_split` (seeded, stratified by source and label, task.split.fractions).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import labels as L
+from . import records as R
 from .errors import HatetuneError
 from .io import atomic_path, read_jsonl, write_json, write_jsonl
 from .parsing import normalise_text
@@ -44,14 +45,14 @@ def _column(records: pd.DataFrame, column: str) -> List[str]:
 
 
 def _where(records: pd.DataFrame, i: int) -> dict:
-    return {"file": records[L.FILE].iat[i], "row": int(records[L.ROW].iat[i])}
+    return {"file": records[R.FILE].iat[i], "row": int(records[R.ROW].iat[i])}
 
 
 def read_metahate(records: pd.DataFrame, key: str) -> List[dict]:
     """MetaHate (label 0 = no hate speech, 1 = hate speech; text)."""
     posts = []
     labels = {"0": NOT_HATE, "1": HATE, "0.0": NOT_HATE, "1.0": HATE}  # a parquet file may hold them as floats
-    for i, (raw, text, row) in enumerate(zip(_column(records, "label"), _column(records, "text"), records[L.ROW])):
+    for i, (raw, text, row) in enumerate(zip(_column(records, "label"), _column(records, "text"), records[R.ROW])):
         if raw.strip() not in labels:
             raise HatetuneError(f"label {raw!r} is not 0 or 1", field="label", **_where(records, i))
         posts.append(_post(key, row, text, labels[raw.strip()]))
@@ -61,7 +62,7 @@ def read_metahate(records: pd.DataFrame, key: str) -> List[dict]:
 def _pairs(id_column: str | None, hs: str, cn: str, keep: Callable[[str], bool] = lambda uid: True):
     """A reader of hate speech / counter-narrative pairs, one per row (`keep`: which ids to read)."""
     def read(records: pd.DataFrame, key: str) -> List[dict]:
-        ids = _column(records, id_column) if id_column else [str(r) for r in records[L.ROW]]
+        ids = _column(records, id_column) if id_column else [str(r) for r in records[R.ROW]]
         return [_post(key, uid, text, HATE, counter)
                 for uid, text, counter in zip(ids, _column(records, hs), _column(records, cn)) if keep(uid)]
     return read
@@ -113,7 +114,7 @@ READERS: Dict[str, tuple] = {
 
 def read_dynahate(raw_dir: Path, task: Mapping[str, Any], seed: int) -> tuple[List[dict], L.LabelledTable]:
     """The task's own source, as the classification task reads, labels and splits it (with its pairs' links)."""
-    result = L.canonical_table(L.read_raw_dir(raw_dir, L.required_columns(task)), task, seed)
+    result = L.canonical_table(R.read_raw_dir(raw_dir, L.required_columns(task)), task, seed)
     name = task["source"]["name"]
     posts = []
     for row in result.table.itertuples():
@@ -128,7 +129,7 @@ def weighted_grouped_split(groups, strata, fractions: Mapping[str, float], seed:
     """A split per row, seeded: rows of one group in one split, every stratum split in close to `fractions` of its
     ROWS.
 
-    `labels.grouped_split` deals whole groups in proportion to their number; CONAN's groups reach hundreds of
+    `splits.grouped_split` deals whole groups in proportion to their number; CONAN's groups reach hundreds of
     posts (dialogues and counter-narratives reused across hate speech), which would skew the rows' proportions.
     Here the groups come in a seeded random order, and each goes to the split where it leaves the rows dealt so
     far closest to `fractions` in every stratum it touches (the squared error summed over its strata; for a
@@ -183,7 +184,7 @@ def build_posts(task: Mapping[str, Any], raw_dir: str | Path, seed: int) -> L.La
     raw = list(dynahate)
     for key in task.get("extra_sources") or {}:
         columns, reader = READERS[key]
-        raw += reader(L.read_raw_dir(raw_dir / key, columns), key)
+        raw += reader(R.read_raw_dir(raw_dir / key, columns), key)
     empty = sum(1 for p in raw if not p["text"].strip())
     posts: Dict[str, dict] = {}  # text key -> post
     groups, conflicts = _Groups(), 0

@@ -15,6 +15,9 @@ SPLITS = ("train", "dev", "test")
 LABELS_FILE, SPLIT_FILE = "labels.csv", "split.json"  # the labels stage's files in interim_dir
 POSTS_FILE = "posts.jsonl"  # a generation task's canonical table in interim_dir (one post per line, with its links)
 REPLIES_FILE = "replies.jsonl"  # the replies stage's self-distilled replies, in replies_dir (beside train/dev.jsonl)
+DVC_CACHE = Path(".dvc") / "cache"  # DVC's copies of every cached output (posts included)
+# Folders holding posts, annotator ids or models trained on them: owner-only under privacy.owner_only.
+PRIVATE_DIRS = (DATA, MODELS, DVC_CACHE)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -116,6 +119,8 @@ JUDGE = "judge"  # a generation task's judged replies (hateful-reply rates) and 
 JUDGE_TEST = "judge_test"  # in results_base(JUDGE): the judge's predictions and scores on its own test posts
 # The files of one evaluated split, in <results base>/<split>/.
 PREDICTIONS_FILE, CONFUSION_FILE = "predictions.jsonl", "confusion.csv"
+# A calibrated run's decision-rule plots, in <results base>/.
+PR_CURVE_FILE, RELIABILITY_FILE = "pr_curve.png", "reliability.png"
 
 
 def results_base(name: str) -> Path:
@@ -126,6 +131,11 @@ def results_base(name: str) -> Path:
 def external_results_base(data_file: str | Path) -> Path:
     """Results of scoring a hand-picked Alpaca JSONL (`eval.data`)."""
     return METRICS / "external" / Path(data_file).stem
+
+
+def calibration_file(base: str | Path) -> Path:
+    """The decision rule fitted on dev by an evaluation run (read by the service too)."""
+    return Path(base) / "calibration.json"
 
 
 def results_json(base: str | Path) -> Path:

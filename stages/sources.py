@@ -2,7 +2,8 @@
 
 An offline mirror ($HATETUNE_MIRROR or download.mirror) or the network decides which files are used, and DVC
 cannot see an environment variable; so this stage always runs (`always_changed`) and writes what it found:
-- data/raw/<task>.source.json: the mirror's files and their sha256, or the pinned URL / Hub revision;
+- data/raw/<task>.source.json: the mirror's files and their sha256 (checked against a pinned task.source.sha256),
+  or the pinned URL / Hub revision;
 - models/base/<model>.source.json: the mirror's GGUF and its sha256, the Hub commit, or the local folder;
 - models/judge/<task>.source.json: a generation task's judge (eval.judge.adapter_dir and the sha256 of its files,
   or the TF-IDF fallback and why; "not applicable" for a classification task).

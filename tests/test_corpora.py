@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hatetune import config, corpora, labels, schema, sources
+from hatetune import config, corpora, labels, records, schema, sources
 from hatetune.errors import HatetuneError
 from hatetune.parsing import normalise_text
 from upstream_fixtures import (CONAN_COLUMNS, conan_rows, metahate_rows, write_csv,
@@ -94,7 +94,7 @@ def test_dynahate_posts_keep_the_dynahate_task_split(tmp_path, unpinned, mirror)
     """The judge (a DynaHate task adapter) never trained on a DynaHate test post judged here."""
     raw = fetched(tmp_path, unpinned, mirror)
     dynahate = config.validate(config.compose(["task=dynahate"])).task
-    alone = labels.canonical_table(labels.read_raw_dir(raw / "dynahate", labels.required_columns(dynahate)),
+    alone = labels.canonical_table(records.read_raw_dir(raw / "dynahate", labels.required_columns(dynahate)),
                                    dynahate, seed=42).table
     table = corpora.build_posts(unpinned, raw, seed=42).table
     ours = table[table["source"] == "dynahate"].set_index(table[table["source"] == "dynahate"]["id"].str[9:])
