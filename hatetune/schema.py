@@ -170,6 +170,9 @@ class TrainConf:
     eval_examples: Optional[int] = None  # dev rows for the eval loss (null: all)
     resume: bool = True
     nproc: int = 1
+    # LoRA initialisation and batch order only (null: the top-level `seed`, which also draws the splits and the
+    # subsample); vary it to measure how much a recipe's result depends on training luck on fixed data.
+    seed: Optional[int] = None
 
 
 @dataclass
@@ -298,6 +301,8 @@ def _check_rules(cfg: DictConfig) -> None:
     _finite_numbers(OmegaConf.to_container(cfg))
     if not 0 <= cfg.seed < 2 ** 32:
         raise ConfigError(f"must be in [0, 2^32), got {cfg.seed}", field="seed")
+    if cfg.train.seed is not None and not 0 <= cfg.train.seed < 2 ** 32:
+        raise ConfigError(f"must be null or in [0, 2^32), got {cfg.train.seed}", field="train.seed")
     task = cfg.task
     _one_of("task.name", task.name, TASKS)
     _one_of("task.source.kind", task.source.kind, ("https", "hub", "local"))
