@@ -27,7 +27,8 @@ def main(argv=None) -> int:
           + (f" from the mirror {mirror}" if mirror else ""), file=sys.stderr)
     options = {"mirror": mirror, "retries": cfg.download.retries, "timeout_s": cfg.download.timeout_s}
     if cfg.task.extra_sources:  # several corpora: each into <raw_dir>/<key>/
-        manifests = sources.fetch_many(sources.task_sources(cfg.task), raw_dir, **options)["sources"]
+        manifests = sources.fetch_many(sources.task_sources(cfg.task), raw_dir,
+                                       fields=sources.source_fields(cfg.task), **options)["sources"]
     else:
         manifests = {"": sources.fetch(cfg.task.source, raw_dir, **options)}
     for key, manifest in manifests.items():

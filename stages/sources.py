@@ -23,8 +23,8 @@ from hatetune.io import write_json
 def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "sources", argv)
     mirror = sources.mirror_root(cfg.download.mirror)
-    data = (sources.resolve_many(sources.task_sources(cfg.task), mirror) if cfg.task.extra_sources
-            else sources.resolve(cfg.task.source, mirror))
+    data = (sources.resolve_many(sources.task_sources(cfg.task), mirror, sources.source_fields(cfg.task))
+            if cfg.task.extra_sources else sources.resolve(cfg.task.source, mirror))
     base = model_sources.resolve(cfg.model, mirror)
     judge = model_sources.resolve_judge(cfg.task.kind, cfg.eval.judge.adapter_dir, cfg.model)
     write_json(paths.data_source_file(cfg.task.name), data)

@@ -46,8 +46,15 @@ def test_every_configured_corpus_has_a_reader(task):
 
 
 def test_a_pinned_checksum_catches_a_file_that_is_not_upstreams(tmp_path, task, mirror):
-    with pytest.raises(HatetuneError, match="checksum mismatch"):
-        fetched(tmp_path, task, mirror)
+    """Named as the extra source it is (the key to unpin), by the sources stage's check and by download's."""
+    fields = sources.source_fields(task)
+    assert fields["dynahate"] == "task.source" and fields["conan"] == "task.extra_sources.conan"
+    for run in (lambda: sources.resolve_many(sources.task_sources(task), mirror, fields),
+                lambda: sources.fetch_many(sources.task_sources(task), tmp_path / "raw", fields=fields, mirror=mirror)):
+        with pytest.raises(HatetuneError, match="checksum mismatch") as err:
+            run()
+        assert err.value.field == "task.extra_sources.conan.sha256" and err.value.file.endswith("CONAN.csv")
+    assert not (tmp_path / "raw").exists()
 
 
 def test_posts_are_read_deduplicated_and_labelled(tmp_path, unpinned, mirror):
