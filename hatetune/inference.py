@@ -7,8 +7,10 @@ Each piece of work is done once, with no per-example loop:
 - one prompt pass per batch serves both modes: its last logits give every label's first-token log-probability
   and the first greedy token; the labels' remaining tokens (+ EOS) are scored in one more pass over the cached
   prompts (each label a row), and greedy decoding continues from the same cache until every row wrote EOS.
-Results come back in input order. Greedy decoding is plain argmax (no sampling, no penalties). Keep the batch
-size fixed between runs you compare: in low precision a few near-tied argmaxes depend on the batch.
+Results come back in input order. Greedy decoding is plain argmax (no penalties); sampled decoding (`Sampling`:
+temperature, top_p) continues from the same prompt pass, each prompt drawing from its own generator seeded with
+(seed, its index), so a reply does not depend on the batch it lands in. Keep the batch size fixed between runs you
+compare: in low precision a few near-tied argmaxes (and draws) depend on the batch.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import List, Mapping, Optional, Sequence
 
 from .errors import HatetuneError
 from .prompts import PROBE_ANSWER, answer_length, encode_prompt, encode_row, fit_to_cutoff
+from .sampling import Sampling, sampled_picker
 
 
 # --------------------------------------------------------------------------------------------- prompts
@@ -141,7 +144,8 @@ def _progress(total: int, desc: str, enabled: bool):
 class Predictions:
     """Per-example results in input order, plus how long the model work took."""
 
-    texts: List[str] = field(default_factory=list)  # greedy answers (empty without greedy decoding)
+    texts: List[str] = field(default_factory=list)  # decoded answers (empty without decoding)
+    finished: List[bool] = field(default_factory=list)  # the answer ended with EOS within max_new_tokens
     log_probs: List[List[float]] = field(default_factory=list)  # each label's answer + EOS, summed
     first_token_log_probs: List[List[float]] = field(default_factory=list)  # each label's first token only
     seconds: float = 0.0
@@ -176,15 +180,21 @@ def _score_continuations(model, cache, attention_mask, last_pos, first_logp, con
     return scores
 
 
-def _greedy(model, cache, attention_mask, last_pos, first_logits, max_new_tokens: int, eos_ids, pad_id: int):
-    """Greedy continuation of every prompt from the prompt pass's cache: token ids up to and including EOS."""
+def _argmax(logits):
+    return logits.argmax(-1)
+
+
+def _greedy(model, cache, attention_mask, last_pos, first_logits, max_new_tokens: int, eos_ids, pad_id: int,
+            pick=_argmax):
+    """Continuation of every prompt from the prompt pass's cache, one token per step chosen by `pick` (greedy:
+    argmax): token ids up to and including EOS, and whether each row reached EOS."""
     import torch
 
     eos = torch.tensor(sorted(eos_ids), device=first_logits.device)
     batch = first_logits.shape[0]
     generated = [[] for _ in range(batch)]
     finished = torch.zeros(batch, dtype=torch.bool, device=first_logits.device)
-    next_ids = first_logits.argmax(-1)
+    next_ids = pick(first_logits)
     for step in range(max_new_tokens):
         for b in range(batch):
             if not finished[b]:
@@ -197,8 +207,8 @@ def _greedy(model, cache, attention_mask, last_pos, first_logits, max_new_tokens
         last_pos = last_pos + 1
         out = model(input_ids=feed, attention_mask=attention_mask, position_ids=last_pos[:, None],
                     past_key_values=cache, use_cache=True, logits_to_keep=last_positions())
-        cache, next_ids = out.past_key_values, out.logits[:, -1].argmax(-1)
-    return generated
+        cache, next_ids = out.past_key_values, pick(out.logits[:, -1])
+    return generated, finished.tolist()
 
 
 def eos_token_ids(model, tokenizer) -> set:
@@ -211,14 +221,15 @@ def eos_token_ids(model, tokenizer) -> set:
 
 def run(model, tokenizer, prompt_ids: Sequence[Sequence[int]], continuations: Optional[Sequence[Sequence[int]]] = None,
         max_new_tokens: int = 0, batch_size: int = 16, sort: bool = True, prefix_cache: bool = True,
-        progress: bool = True, desc: str = "evaluate") -> Predictions:
-    """One prompt pass per batch; then score `continuations` (token ids incl. EOS) and/or decode greedily up to
-    `max_new_tokens` (0: no decoding) from it."""
+        progress: bool = True, desc: str = "evaluate", sampling: Optional[Sampling] = None) -> Predictions:
+    """One prompt pass per batch; then score `continuations` (token ids incl. EOS) and/or decode up to
+    `max_new_tokens` (0: no decoding) from it: greedily, or by `sampling`."""
     import torch
 
     start = time.perf_counter()
     n = len(prompt_ids)
-    result = Predictions(texts=[""] * n if max_new_tokens else [],
+    generators = sampling.generators(n) if sampling is not None else None
+    result = Predictions(texts=[""] * n if max_new_tokens else [], finished=[False] * n if max_new_tokens else [],
                          log_probs=[[] for _ in range(n)] if continuations else [],
                          first_token_log_probs=[[] for _ in range(n)] if continuations else [])
     pad_id, eos_ids = tokenizer.pad_token_id, eos_token_ids(model, tokenizer)
@@ -237,10 +248,12 @@ def run(model, tokenizer, prompt_ids: Sequence[Sequence[int]], continuations: Op
                     result.log_probs[i] = scores[j].tolist()
                     result.first_token_log_probs[i] = firsts[j].tolist()
             if max_new_tokens:
-                generated = _greedy(model, cache, mask, last_pos, first_logits, max_new_tokens, eos_ids, pad_id)
+                pick = sampled_picker(sampling, [generators[i] for i in batch]) if sampling else _argmax
+                generated, finished = _greedy(model, cache, mask, last_pos, first_logits, max_new_tokens, eos_ids,
+                                              pad_id, pick)
                 texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
                 for j, i in enumerate(batch):
-                    result.texts[i] = texts[j].strip()
+                    result.texts[i], result.finished[i] = texts[j].strip(), finished[j]
             bar.update(len(batch))
     result.seconds = time.perf_counter() - start
     return result

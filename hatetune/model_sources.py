@@ -168,3 +168,28 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source: Optional[di
         if source is not None:
             write_json(tmp / SOURCE_FILE, source)
     return Path(out_dir)
+
+
+# ------------------------------------------------------------------------------------------------ the judge
+def resolve_judge(task_kind: str, adapter_dir: Optional[str], model_cfg) -> dict:
+    """Which judge a generation task's replies get (the `sources` stage records it; the judge stage depends on it):
+    the classifier adapter in `adapter_dir`, identified by the sha256 of its files, when it is one and was
+    trained on this run's base model; otherwise the TF-IDF fallback, with the reason."""
+    if task_kind != "generation":
+        return {"kind": "not applicable", "reason": "a classification task: no replies to judge"}
+    if not adapter_dir:
+        return {"kind": "tfidf", "reason": "eval.judge.adapter_dir is null"}
+    folder = Path(adapter_dir)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        return {"kind": "tfidf", "reason": f"no adapter in {folder} (a DynaHate judge: dvc exp run -S task=dynahate)"}
+    import json
+
+    base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+    ours = {model_cfg.name, model_cfg.hub_id, str(model_cfg.path or "")} - {""}
+    if Path(base).name not in ours and base not in ours:
+        return {"kind": "tfidf", "reason": f"the adapter in {folder} was trained on {base!r}, not on this run's "
+                                          f"base model ({model_cfg.name})"}
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+             if p.is_file() and p.name in ("adapter_config.json", "adapter_model.safetensors")}
+    return {"kind": "adapter", "path": str(folder), "files": files, "base_model": base}

@@ -13,6 +13,8 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 SPLITS = ("train", "dev", "test")
 LABELS_FILE, SPLIT_FILE = "labels.csv", "split.json"  # the labels stage's files in interim_dir
+POSTS_FILE = "posts.jsonl"  # a generation task's canonical table in interim_dir (one post per line, with its links)
+REPLIES_FILE = "replies.jsonl"  # the replies stage's self-distilled replies, in replies_dir (beside train/dev.jsonl)
 DVC_CACHE = Path(".dvc") / "cache"  # DVC's copies of every cached output (posts included)
 # Folders holding posts, annotator ids or models trained on them: owner-only under privacy.owner_only.
 PRIVATE_DIRS = (DATA, MODELS, DVC_CACHE)
@@ -53,6 +55,26 @@ FUNCTIONAL_SOURCE_FILE = DATA / "raw" / "functional.source.json"  # the sources 
 FUNCTIONAL_RAW_DIR = DATA / "raw" / "functional"  # the suite's file(s) as fetched + manifest.json
 FUNCTIONAL_DIR = DATA / "interim" / "functional"  # the checked cases (cases.jsonl) and suite.json
 FUNCTIONAL_CASES, FUNCTIONAL_SUMMARY = "cases.jsonl", "suite.json"
+def posts_file(task: str) -> Path:
+    """A generation task's canonical table: one deduplicated post per line, with its split, links and sources."""
+    return interim_dir(task) / POSTS_FILE
+
+
+def judge_data_file(task: str, split: str) -> Path:
+    """A generation task's labelled posts for the judge (its TF-IDF fallback trains on train, is scored on test)."""
+    return processed_dir(task) / f"judge_{split}.jsonl"
+
+
+def replies_dir(task: str) -> Path:
+    """The replies stage's output: a generation task's training rows with their outputs resolved for the target
+    mode, and the base model's own replies to the rows that ask for one (self-distillation)."""
+    return DATA / "replies" / task
+
+
+def training_data_dir(task: str, kind: str) -> Path:
+    """Where the train stage finds {train,dev}.jsonl: the convert stage's rows, or for a generation task the
+    replies stage's (the outputs resolved for task.targets.mode)."""
+    return replies_dir(task) if kind == "generation" else processed_dir(task)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -76,6 +98,12 @@ def checkpoint_dir(task: str) -> Path:
     return MODELS / "checkpoints" / task
 
 
+def judge_source_file(task: str) -> Path:
+    """Where the `sources` stage records which judge a generation task's replies get (an adapter and its sha256,
+    or the TF-IDF fallback and why), so the judge stage reruns when that changes."""
+    return MODELS / "judge" / f"{task}.source.json"
+
+
 def release_dir(task: str) -> Path:
     """The report stage's copy of the adapter with its model card."""
     return MODELS / "release" / task
@@ -93,6 +121,8 @@ CARBON_DIR = METRICS / "carbon"
 CARBON_TOTAL = CARBON_DIR / "total.json"
 # The systems every report compares: fine-tuned, zero-shot and the TF-IDF baseline (results_base names).
 EVAL, ZEROSHOT, BASELINE = "eval", "zeroshot", "baseline"
+JUDGE = "judge"  # a generation task's judged replies (hateful-reply rates) and the judge's own test scores
+JUDGE_TEST = "judge_test"  # in results_base(JUDGE): the judge's predictions and scores on its own test posts
 # The files of one evaluated split, in <results base>/<split>/.
 PREDICTIONS_FILE, CONFUSION_FILE = "predictions.jsonl", "confusion.csv"
 # A calibrated run's decision-rule plots, in <results base>/.
@@ -137,9 +167,9 @@ def pipeline_paths(task: str, model: str) -> set[Path]:
              split_file(task, "train"), split_file(task, "dev"), base_source_file(model), base_model_dir(model),
              adapter_dir(task), checkpoint_dir(task), release_dir(task), DATA_METRICS, TRAIN_METRICS, TRAIN_RUN,
              TRAIN_CURVES, TRAIN_CURVE_PLOTS, REPORT_MD, REPORT_DIR, CARBON_TOTAL, confusion_csv(EVAL, "test"),
-             FUNCTIONAL_SOURCE_FILE, FUNCTIONAL_RAW_DIR, FUNCTIONAL_DIR}
-    for name in (EVAL, ZEROSHOT, BASELINE):
+             FUNCTIONAL_SOURCE_FILE, FUNCTIONAL_RAW_DIR, FUNCTIONAL_DIR, replies_dir(task), judge_source_file(task)}
+    for name in (EVAL, ZEROSHOT, BASELINE, JUDGE):
         found |= {results_base(name), results_json(results_base(name))}
-    found |= {carbon_file(stage) for stage in ("train", "evaluate", "evaluate_zeroshot")}
+    found |= {carbon_file(stage) for stage in ("train", "evaluate", "evaluate_zeroshot", "replies", "judge")}
     found |= {REPORT_DIR / f"{name}.png" for name in ("loss", "per_class_f1", "confusion")}
     return found

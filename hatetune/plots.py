@@ -92,6 +92,32 @@ def plot_loss_curves(curves: Mapping[str, tuple], path: str | Path) -> bool:
     return True
 
 
+def plot_reply_rates(reply_metrics: Mapping[str, Mapping], judged: Mapping[str, Mapping], path: str | Path) -> None:
+    """A generation task's systems side by side, one panel per decoding: the stop rate on hateful posts, the
+    over-refusal rate on non-hateful posts and the judge's hateful-reply rate on hateful posts."""
+    plt = _pyplot()
+    decodings = list(dict.fromkeys(d for m in reply_metrics.values() for d in m))
+    fig, axes = plt.subplots(1, len(decodings), figsize=(5.5 * len(decodings), 4.2), squeeze=False)
+    bars = (("stop rate (hateful)", lambda m, j: m.get("stop_rate_hateful")),
+            ("over-refusal (non-hateful)", lambda m, j: m.get("over_refusal_rate")),
+            ("hateful replies (hateful posts)", lambda m, j: j.get("hateful_reply_rate_hateful_inputs")))
+    systems = list(reply_metrics)
+    width = 0.8 / len(bars)
+    for ax, decoding in zip(axes[0], decodings):
+        for k, (label, value) in enumerate(bars):
+            values = [100 * (value(reply_metrics[s].get(decoding, {}), judged.get(s, {}).get(decoding, {})) or 0)
+                      for s in systems]
+            drawn = ax.bar([i + k * width for i in range(len(systems))], values, width, label=label)
+            ax.bar_label(drawn, fmt="%.0f", fontsize=7)
+        ax.set_xticks([i + width for i in range(len(systems))], systems, rotation=15, ha="right", fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("% of replies")
+        ax.set_title(f"{decoding} decoding", fontsize=10)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
 def plot_pr_curves(curves: Mapping[str, tuple], path: str | Path, chosen: tuple | None = None) -> None:
     """Precision-recall curves of P(positive) ({name: (precision, recall)}); `chosen`: (recall, precision) of the
     operating point picked on dev, marked."""

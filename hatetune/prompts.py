@@ -44,9 +44,13 @@ def user_message(row: Mapping[str, Any]) -> str:
 
 
 def chat_messages(row: Mapping[str, Any]) -> list[dict]:
+    """System turn (when set), the earlier turns of `history` (LLaMA-Factory's alpaca field: [[user, assistant],
+    ...], e.g. a DIALOCONAN dialogue), then the user turn."""
     messages = []
     if row.get("system"):
         messages.append({"role": "system", "content": row["system"]})
+    for user, assistant in row.get("history") or []:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages.append({"role": "user", "content": user_message(row)})
     return messages
 
@@ -58,6 +62,9 @@ def build_prompt(row: Mapping[str, Any], prompt_cfg: Mapping[str, Any], tokenize
     prompt_cfg.format == "chat": the tokenizer's chat template with the generation prompt appended.
     """
     if prompt_cfg["format"] == "raw":
+        if row.get("history"):
+            raise HatetuneError("a raw template has no place for earlier turns: use a chat prompt",
+                                field="task.prompt.format")
         return prompt_cfg["template"].format(instruction=row.get("instruction", ""), input=row.get("input", ""),
                                              system=row.get("system", ""))
     if tokenizer is None:

@@ -16,9 +16,17 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 # Only what is implemented end to end: a task or parser that evaluate cannot handle fails here, not after training.
-TASKS = ("dynahate", "mhs")
-PARSERS = ("dynahate_regex", "mhs_substring")
+TASKS = ("dynahate", "mhs", "stophate")
+PARSERS = ("dynahate_regex", "mhs_substring", "stop_message")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# classification: the answer is a label (parsed or scored); generation: the answer is a chat reply, judged for
+# stopping and for hate (Stop-Hate).
+TASK_KINDS = ("classification", "generation")
+TARGET_MODES = ("stop_when_hateful", "stop_all", "counter_speech")
+EVAL_SETS = ("conan", "dynahate_hate", "dynahate_not_hate")
+# the keys task.extra_sources may have: one reader each in hatetune.corpora.READERS (a test keeps them equal)
+CORPUS_READERS = ("metahate", "conan", "multitarget_conan", "dialoconan", "kn_conan")
+DECODINGS = ("sampled", "greedy")
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -96,6 +104,15 @@ class BreakdownsConf:
 
 
 @dataclass
+class TargetsConf:
+    """What a generation task teaches the model to answer (Stop-Hate)."""
+    mode: str = "stop_when_hateful"  # stop_when_hateful | stop_all (seed A) | counter_speech
+    dialogues: bool = False  # DIALOCONAN: earlier turns of the dialogue as chat history
+    train_sources: Optional[List[str]] = None  # sources whose train rows are trained on (null: all)
+    distill_max_new_tokens: int = 48  # self-distilled normal replies: at most this many new tokens (greedy)
+
+
+@dataclass
 class TaskConf:
     name: str = MISSING
     source: SourceConf = MISSING
@@ -108,6 +125,14 @@ class TaskConf:
     # Functional test suites (eval.functional): the task label each HateCheck label stands for; a prediction
     # counts as hateful when it is the label `hateful` maps to, as non-hateful otherwise. null: no suite.
     functional_labels: Optional[Dict[str, str]] = None
+    kind: str = "classification"  # classification | generation
+    # more corpora, read by the reader of the same name (hatetune.corpora): generation tasks only
+    extra_sources: Dict[str, SourceConf] = field(default_factory=dict)
+    max_examples: Optional[Dict[str, Optional[int]]] = None  # this task's subsample per split (null: data.max_examples)
+    targets: Optional[TargetsConf] = None  # generation tasks
+    # generation tasks: what the model answers hateful posts with, and what counts as a stop in its evaluation
+    stop_message: Optional[str] = None
+    prompted_systems: Dict[str, str] = field(default_factory=dict)  # name -> system prompt of a prompted base system
 
 
 @dataclass
@@ -205,6 +230,28 @@ class FunctionalConf:
 
 
 @dataclass
+class GenerationEvalConf:
+    """How a generation task's replies are produced and counted (the evaluate stages)."""
+    sets: List[str] = field(default_factory=lambda: list(EVAL_SETS))
+    max_prompts: Optional[int] = 16  # per set, seeded sample of the test split (null: all)
+    decodings: List[str] = field(default_factory=lambda: list(DECODINGS))
+    temperature: float = 0.8  # sampled decoding (seed A's paper)
+    top_p: float = 0.95
+    max_new_tokens: int = 48
+    examples: int = 2  # example replies per system and set in the report
+
+
+@dataclass
+class JudgeConf:
+    """The hate classifier that judges a generation task's replies: a hatetune classifier adapter, or the TF-IDF
+    baseline (trained on the DynaHate train posts) when there is none."""
+    adapter_dir: Optional[str] = None  # null: the TF-IDF fallback
+    instruction: str = MISSING  # the prompt the adapter was trained with
+    system: str = ""
+    hate_label: str = "hate"
+
+
+@dataclass
 class EvalConf:
     mode: str = "greedy"  # greedy | score
     score_method: str = "full"  # full: log-likelihood of every label token + EOS; first_token: the shortcut
@@ -222,6 +269,8 @@ class EvalConf:
     calibration: CalibrationConf = field(default_factory=CalibrationConf)
     functional: FunctionalConf = field(default_factory=FunctionalConf)
     min_group_size: int = 10  # smaller groups are shown flagged and left out of the gap between groups
+    generation: GenerationEvalConf = field(default_factory=GenerationEvalConf)
+    judge: JudgeConf = field(default_factory=JudgeConf)
 
 
 @dataclass
@@ -386,6 +435,7 @@ def _check_rules(cfg: DictConfig) -> None:
         if "{output}" not in task.prompt.completion or not task.prompt.completion.endswith("{eos}"):
             raise ConfigError("must contain {output} and end with {eos}", field="task.prompt.completion")
     _one_of("task.parser", task.parser, PARSERS)
+    _check_generation_task(cfg)
 
     for name, n in cfg.data.max_examples.items():
         _one_of("data.max_examples", name, ("train", "dev", "test"))
@@ -469,6 +519,64 @@ def _check_rules(cfg: DictConfig) -> None:
         _positive("carbon.hours", cfg.carbon.hours, allow_zero=True)
     for key in ("device_power_w", "pue", "carbon_intensity_kg_per_kwh"):
         _positive(f"carbon.{key}", cfg.carbon[key])
+
+
+def _check_generation_task(cfg: DictConfig) -> None:
+    """A generation task's sources, targets and reply evaluation; a classification task has none of them."""
+    task = cfg.task
+    _one_of("task.kind", task.kind, TASK_KINDS)
+    if task.kind == "classification":
+        if task.parser == "stop_message":
+            raise ConfigError("stop_message is a generation task's parser (task.kind: generation)", field="task.parser")
+        return
+    if task.parser != "stop_message":
+        raise ConfigError("a generation task's replies are parsed by stop_message", field="task.parser")
+    if task.targets is None:
+        raise ConfigError("a generation task needs its targets (mode, ...)", field="task.targets")
+    for key, source in task.extra_sources.items():
+        _one_of("task.extra_sources", key, CORPUS_READERS)
+        _one_of(f"task.extra_sources.{key}.kind", source.kind, ("https", "hub", "local"))
+        needs = {"https": "url", "hub": "repo_id", "local": "path"}[source.kind]
+        if not source[needs]:
+            raise ConfigError(f"a {source.kind} source needs {needs}", field=f"task.extra_sources.{key}.{needs}")
+        if source.kind == "hub" and not source.revision:
+            raise ConfigError("pin a Hub dataset to a revision", field=f"task.extra_sources.{key}.revision")
+        if source.sha256 is not None and not SHA256.fullmatch(source.sha256):
+            raise ConfigError(f"{source.sha256!r} is not a sha256 (64 hexadecimal characters; quote an all-digit "
+                              "one in YAML)", field=f"task.extra_sources.{key}.sha256")
+    t = task.targets
+    _one_of("task.targets.mode", t.mode, TARGET_MODES)
+    if not (task.stop_message or "").strip():
+        raise ConfigError("a generation task needs its stop message", field="task.stop_message")
+    known = [task.source.name, *task.extra_sources]
+    for name in t.train_sources or []:
+        _one_of("task.targets.train_sources", name, known)
+    _positive("task.targets.distill_max_new_tokens", t.distill_max_new_tokens)
+    if t.dialogues and task.prompt.format != "chat":
+        raise ConfigError("dialogue history needs a chat prompt (task.prompt.format: chat)", field="task.targets.dialogues")
+    for name, n in (task.max_examples or {}).items():
+        _one_of("task.max_examples", name, ("train", "dev", "test"))
+        if n is not None:
+            _positive(f"task.max_examples.{name}", n)
+    for name, system in task.prompted_systems.items():
+        if not system.strip():
+            raise ConfigError("the system prompt is empty", field=f"task.prompted_systems.{name}")
+    g = cfg.eval.generation
+    if not g.sets or not g.decodings:
+        raise ConfigError("nothing to evaluate: list sets and decodings", field="eval.generation")
+    for s in g.sets:
+        _one_of("eval.generation.sets", s, EVAL_SETS)
+    for d in g.decodings:
+        _one_of("eval.generation.decodings", d, DECODINGS)
+    if g.max_prompts is not None:
+        _positive("eval.generation.max_prompts", g.max_prompts)
+    _positive("eval.generation.temperature", g.temperature)
+    if not 0 < g.top_p <= 1:
+        raise ConfigError(f"must be in (0, 1], got {g.top_p}", field="eval.generation.top_p")
+    _positive("eval.generation.max_new_tokens", g.max_new_tokens)
+    _positive("eval.generation.examples", g.examples, allow_zero=True)
+    if cfg.eval.judge.hate_label not in task.labels.names:
+        raise ConfigError(f"{cfg.eval.judge.hate_label!r} is not in task.labels.names", field="eval.judge.hate_label")
 
 
 def validate(cfg: DictConfig | dict) -> DictConfig:

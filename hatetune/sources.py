@@ -66,9 +66,9 @@ def mirror_files(source: Mapping[str, Any], mirror: Path) -> list[Path]:
     return found
 
 
-def check_pin(source: Mapping[str, Any], files: Sequence[tuple[Path, str]]) -> bool:
+def check_pin(source: Mapping[str, Any], files: Sequence[tuple[Path, str]], field: str = "task.source") -> bool:
     """Check a pinned `task.source.sha256` against the data files actually used, `files` = [(path, sha256)];
-    return whether there was a pin. It pins ONE file: several files, or one with another sha256, fail saying so
+    return whether there was a pin (errors name `field`.sha256: task.source or task.extra_sources.<key>). It pins ONE file: several files, or one with another sha256, fail saying so
     (a mirror may hold another version of the data than the upstream file the pin is for)."""
     pinned = (source.get("sha256") or "").lower()
     if not pinned:
@@ -76,19 +76,19 @@ def check_pin(source: Mapping[str, Any], files: Sequence[tuple[Path, str]]) -> b
     if len(files) != 1:
         raise HatetuneError(f"the pin is for one file, but the source has {len(files)} data files "
                             f"({', '.join(p.name for p, _ in files)}), so the pin cannot be checked: keep only the "
-                            "pinned file, or unpin it (task.source.sha256=null)",
-                            file=str(files[0][0].parent) if files else None, field="task.source.sha256")
+                            f"pinned file, or unpin it ({field}.sha256=null)",
+                            file=str(files[0][0].parent) if files else None, field=f"{field}.sha256")
     path, got = files[0]
     if got != pinned:
         other = source.get("filename") and path.name != source["filename"]
         raise HatetuneError(f"checksum mismatch: expected sha256 {pinned}, got {got}"
                             + (f" (the pin is for {source['filename']}; this is another file: unpin it, "
-                               "task.source.sha256=null, to use it)" if other else ""),
-                            file=str(path), field="task.source.sha256")
+                               f"{field}.sha256=null, to use it)" if other else ""),
+                            file=str(path), field=f"{field}.sha256")
     return True
 
 
-def resolve(source: Mapping[str, Any], mirror: Optional[Path]) -> dict:
+def resolve(source: Mapping[str, Any], mirror: Optional[Path], field: str = "task.source") -> dict:
     """Which files the task's data will come from, identified exactly and cheaply (the `sources` stage).
 
     With a mirror: its files and their sha256 (so editing or switching the mirror reruns download); online: the
@@ -102,11 +102,11 @@ def resolve(source: Mapping[str, Any], mirror: Optional[Path]) -> dict:
     if mirror is not None:
         found, base = mirror_files(source, mirror), mirror / source["name"]
     elif source["kind"] == "local":
-        found, base = _local_files(source["path"])
+        found, base = _local_files(source["path"], field)
     else:
         return {"kind": source["kind"], **upstream}
     digests = [(f, sha256_file(f)) for f in found]
-    check_pin(source, digests)
+    check_pin(source, digests, field)
     files = [{"path": f.relative_to(base).as_posix() if f.is_relative_to(base) else f.name, "sha256": digest}
              for f, digest in digests]
     if mirror is not None:
@@ -114,8 +114,29 @@ def resolve(source: Mapping[str, Any], mirror: Optional[Path]) -> dict:
     return {"kind": "local", "path": str(base.resolve()), "files": files}
 
 
+def task_sources(task: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """{key: source} of a task with several corpora: its `source` (key: its name) and its `extra_sources`."""
+    return {task["source"]["name"]: task["source"], **dict(task.get("extra_sources") or {})}
+
+
+def source_fields(task: Mapping[str, Any]) -> dict[str, str]:
+    """{key: the config key its errors name}: task.source for the `source`, task.extra_sources.<key> for the others."""
+    return {task["source"]["name"]: "task.source", **{key: f"task.extra_sources.{key}"
+                                                      for key in task.get("extra_sources") or {}}}
+
+
+def resolve_many(sources: Mapping[str, Mapping[str, Any]], mirror: Optional[Path],
+                 fields: Optional[Mapping[str, str]] = None) -> dict:
+    """`resolve` of each source, by key (`fields`: `source_fields`, what each one's errors name)."""
+    fields = fields or {}
+    return {"kind": "several", "sources": {key: resolve(source, mirror, fields.get(key, "task.source"))
+                                           for key, source in sources.items()}}
+
+
 def describe(resolved: Mapping[str, Any]) -> str:
     """One line naming the data actually used, for logs and the model card."""
+    if resolved["kind"] == "several":
+        return "; ".join(f"{key}: {describe(r)}" for key, r in resolved["sources"].items())
     if resolved["kind"] in ("mirror", "local"):
         files = ", ".join(f"{f['path']} (sha256 {f['sha256'][:12]}…)" for f in resolved["files"])
         where = f"offline mirror entry `{resolved['entry']}`" if resolved["kind"] == "mirror" else resolved["path"]
@@ -127,7 +148,7 @@ def describe(resolved: Mapping[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------ HTTPS
 def download_https(url: str, dest: Path, *, sha256: Optional[str] = None, retries: int = 3,
-                   timeout_s: float = 60.0, backoff_s: float = 1.0) -> str:
+                   timeout_s: float = 60.0, backoff_s: float = 1.0, field: str = "task.source") -> str:
     """Download `url` to `dest` (atomically, with a progress bar); retry timeouts, dropped connections and 5xx.
 
     Returns the file's sha256; raises when it differs from a pinned `sha256` (and leaves no file behind).
@@ -155,7 +176,7 @@ def download_https(url: str, dest: Path, *, sha256: Optional[str] = None, retrie
                     got = digest.hexdigest()
                     if sha256 and got != sha256.lower():
                         raise HatetuneError(f"checksum mismatch: expected sha256 {sha256.lower()}, got {got}",
-                                            file=dest.name, field="task.source.sha256")
+                                            file=dest.name, field=f"{field}.sha256")
                 return got
         except (TransientHTTPError, requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError) as err:
@@ -168,7 +189,8 @@ def download_https(url: str, dest: Path, *, sha256: Optional[str] = None, retrie
 
 
 # --------------------------------------------------------------------------------------------------- Hub
-def fetch_hub_dataset(repo_id: str, revision: str, split: Optional[str], dest: Path) -> None:
+def fetch_hub_dataset(repo_id: str, revision: str, split: Optional[str], dest: Path,
+                      field: str = "task.source") -> None:
     """Save one split of a Hub dataset, pinned to `revision`, as parquet. Token: $HF_TOKEN, never stored."""
     import datasets
     from huggingface_hub.errors import RevisionNotFoundError
@@ -182,13 +204,13 @@ def fetch_hub_dataset(repo_id: str, revision: str, split: Optional[str], dest: P
             chain.append(chain[-1].__cause__)
         if any(isinstance(e, RevisionNotFoundError) for e in chain):
             raise HatetuneError(f"revision {revision} does not exist for {repo_id}",
-                                field="task.source.revision") from None
+                                field=f"{field}.revision") from None
         if isinstance(err, datasets.exceptions.DatasetNotFoundError):
-            raise HatetuneError(f"{err} (set $HF_TOKEN for a gated dataset)", field="task.source.repo_id") from None
+            raise HatetuneError(f"{err} (set $HF_TOKEN for a gated dataset)", field=f"{field}.repo_id") from None
         if isinstance(err, (ConnectionError, OSError)):
             raise HatetuneError(f"could not reach the Hugging Face Hub for {repo_id} ({err.__class__.__name__}); "
                                 f"to work offline set ${MIRROR_ENV} to a folder holding the dataset's data files",
-                                field="task.source") from None
+                                field=field) from None
         raise
     dataset.to_parquet(str(dest))
 
@@ -220,19 +242,19 @@ def _copy_files(files: list[Path], base: Path, into: Path) -> list[Path]:
     return copied
 
 
-def _local_files(path: str) -> tuple[list[Path], Path]:
+def _local_files(path: str, field: str = "task.source") -> tuple[list[Path], Path]:
     p = Path(path).expanduser()
     if p.is_file():
         return [p], p.parent
     found = data_files(p) if p.is_dir() else []
     if not found:
         raise HatetuneError(f"no data files ({', '.join('*' + s for s in DATA_SUFFIXES)}) at {p}",
-                            field="task.source.path")
+                            field=f"{field}.path")
     return found, p
 
 
 def fetch(source: Mapping[str, Any], dest_dir: str | Path, *, mirror: Optional[Path] = None, retries: int = 3,
-          timeout_s: float = 60.0, backoff_s: float = 1.0) -> dict:
+          timeout_s: float = 60.0, backoff_s: float = 1.0, field: str = "task.source") -> dict:
     """Fetch `source` (the task.source config) into `dest_dir` with a manifest; return the manifest."""
     dest_dir = Path(dest_dir)
     kind = source["kind"]
@@ -250,19 +272,19 @@ def fetch(source: Mapping[str, Any], dest_dir: str | Path, *, mirror: Optional[P
         elif kind == "https":
             target = tmp / (source.get("filename") or Path(source["url"].split("?")[0]).name)
             download_https(source["url"], target, sha256=pinned, retries=retries, timeout_s=timeout_s,
-                           backoff_s=backoff_s)
+                           backoff_s=backoff_s, field=field)
             found = files = [target]
         elif kind == "hub":
             target = tmp / f"{source.get('hub_split') or 'train'}.parquet"
-            fetch_hub_dataset(source["repo_id"], source["revision"], source.get("hub_split"), target)
+            fetch_hub_dataset(source["repo_id"], source["revision"], source.get("hub_split"), target, field)
             found, files = [dest_dir / target.name], [target]
         else:
-            found, base = _local_files(source["path"])
+            found, base = _local_files(source["path"], field)
             files = _copy_files(found, base, tmp)
         digests = [sha256_file(f) for f in files]
         # the pin holds for the very files this folder will hold, whichever way they came (mirror included);
         # errors name them where the user can look (the mirror's or local file)
-        verified = check_pin(source, list(zip(found, digests)))
+        verified = check_pin(source, list(zip(found, digests)), field)
         entries = [{"path": f.relative_to(tmp).as_posix(), "sha256": digest, "bytes": f.stat().st_size,
                     "rows": count_rows(f), "sha256_verified": verified} for f, digest in zip(files, digests)]
         manifest["files"] = entries
@@ -271,6 +293,18 @@ def fetch(source: Mapping[str, Any], dest_dir: str | Path, *, mirror: Optional[P
             manifest["note"] = "no sha256 pinned: set task.source.sha256 to the file's sha256 above to verify it"
         write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def fetch_many(sources: Mapping[str, Mapping[str, Any]], dest_dir: str | Path,
+               fields: Optional[Mapping[str, str]] = None, **kwargs) -> dict:
+    """`fetch` each source into `dest_dir`/<key>/ (its files and manifest.json); `dest_dir`/manifest.json lists
+    them. The whole folder appears complete or not at all."""
+    with atomic_path(dest_dir) as tmp:
+        tmp.mkdir()
+        manifests = {key: fetch(source, tmp / key, field=(fields or {}).get(key, "task.source"), **kwargs)
+                     for key, source in sources.items()}
+        write_json(tmp / MANIFEST, {"kind": "several", "sources": {key: f"{key}/{MANIFEST}" for key in manifests}})
+    return {"kind": "several", "sources": manifests}
 
 
 def read_manifest(raw_dir: str | Path) -> dict:

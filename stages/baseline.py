@@ -5,6 +5,10 @@ Writes metrics/baseline.json and metrics/baseline/<split>/ (predictions.jsonl, c
 classification_report.txt, groups.json: results per target group, type, round ...). Settings: eval.baseline
 (ngram_max, min_df, c), seed. With eval.functional.enabled it scores the functional suite (HateCheck) too, as
 evaluate does (metrics/baseline/<suite>/).
+
+A generation task (stophate) trains it on its DynaHate train posts and scores it on its DynaHate test posts
+(data/processed/<task>/judge_{train,test}.jsonl): the hate classifier that judges replies when no classifier
+adapter is there, and its own test scores.
 """
 from __future__ import annotations
 
@@ -19,14 +23,16 @@ def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "baseline", argv)
     labels = list(cfg.task.labels.names)
     b = cfg.eval.baseline
-    train_rows, train_gold = evaluation.load_rows(paths.split_file(cfg.task.name, "train"), labels)
+    generation = cfg.task.kind == "generation"
+    data_file = paths.judge_data_file if generation else paths.split_file
+    train_rows, train_gold = evaluation.load_rows(data_file(cfg.task.name, "train"), labels)
     model = baseline.fit_tfidf_logreg([r["input"] for r in train_rows], train_gold, b.ngram_max, b.min_df, b.c,
                                       cfg.seed)
     groups = group_metrics.Breakdown(positive=labels[0], min_size=cfg.eval.min_group_size,
                                      gap=cfg.task.breakdowns.gap, not_groups=list(cfg.task.breakdowns.not_groups))
     results = {}
-    for split in cfg.eval.splits:
-        rows, gold = evaluation.load_rows(paths.split_file(cfg.task.name, split), labels)
+    for split in ["test"] if generation else cfg.eval.splits:
+        rows, gold = evaluation.load_rows(data_file(cfg.task.name, split), labels)
         predicted = baseline.predict(model, [r["input"] for r in rows])
         results[split] = evaluation.score(rows, gold, predicted, labels, breakdown=groups)
         print(evaluation.summary_line(split, results[split]["metrics"]))

@@ -1,8 +1,9 @@
 """download: fetch the task's dataset into data/raw/<task>/ with a manifest.json.
 
 Sources (task.source.kind): an HTTPS file, a Hugging Face Hub dataset at a pinned revision (token from $HF_TOKEN,
-never stored), or a local path. Offline: set download.mirror=<folder> or $HATETUNE_MIRROR and every source is read
-from <folder>/<task.source.name>/. A pinned task.source.sha256 is checked against the file actually used, mirror
+never stored), or a local path; a task with task.extra_sources (stophate) fetches each of its corpora into
+data/raw/<task>/<key>/. Offline: set download.mirror=<folder> or $HATETUNE_MIRROR and every source is read from
+<folder>/<task.source.name>/. A pinned task.source.sha256 is checked against the file actually used, mirror
 included (a mirror holding another file than the pinned one fails, saying so).
 (Under DVC the `sources` stage records which of these this run uses; a switch reruns this stage.)
 
@@ -24,11 +25,16 @@ def main(argv=None) -> int:
     raw_dir = paths.raw_dir(cfg.task.name)
     print(f"download: {cfg.task.source.name} ({cfg.task.source.kind}) -> {raw_dir}"
           + (f" from the mirror {mirror}" if mirror else ""), file=sys.stderr)
-    manifest = sources.fetch(cfg.task.source, raw_dir, mirror=mirror, retries=cfg.download.retries,
-                             timeout_s=cfg.download.timeout_s)
-    for entry in manifest["files"]:
-        print(f"  {entry['path']}: {entry['rows']} rows, {entry['bytes']} bytes, sha256 {entry['sha256']}",
-              file=sys.stderr)
+    options = {"mirror": mirror, "retries": cfg.download.retries, "timeout_s": cfg.download.timeout_s}
+    if cfg.task.extra_sources:  # several corpora: each into <raw_dir>/<key>/
+        manifests = sources.fetch_many(sources.task_sources(cfg.task), raw_dir,
+                                       fields=sources.source_fields(cfg.task), **options)["sources"]
+    else:
+        manifests = {"": sources.fetch(cfg.task.source, raw_dir, **options)}
+    for key, manifest in manifests.items():
+        for entry in manifest["files"]:
+            print(f"  {key + '/' if key else ''}{entry['path']}: {entry['rows']} rows, {entry['bytes']} bytes, "
+                  f"sha256 {entry['sha256']}", file=sys.stderr)
     return 0
 
 

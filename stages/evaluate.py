@@ -21,15 +21,23 @@ reliability.png; energy to metrics/carbon/evaluate[_zeroshot].json.
 
 Any Alpaca JSONL can be scored by hand: python -m stages.evaluate eval.data=rows.jsonl
 (results in metrics/external/rows.json and metrics/external/rows/).
+
+A generation task (stophate) is evaluated by its replies instead (hatetune.generation): the fine-tuned model
+here, and in the evaluate_zeroshot stage the base model alone and with each of task.prompted_systems as system
+prompt, answer the same seeded sample of test posts per set (eval.generation: sets, max_prompts), with each
+decoding (sampled: temperature / top_p, seeded; greedy), at most eval.generation.max_new_tokens new tokens.
+Writes metrics/eval.json ({system: {decoding: {set: stop rate, ...}, over_refusal_rate, ...}}) and
+metrics/eval/<system>/<decoding>/replies.jsonl; the judge stage then labels every reply hateful or not.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from hatetune import (calibration, carbon, config, evaluation, functional, group_metrics, inference, metrics, models,
-                      parsing, paths)
-from hatetune.errors import exit_on_error
+from hatetune import (calibration, carbon, config, evaluation, functional, generation, group_metrics, inference,
+                      metrics, models, parsing, paths)
+from hatetune.errors import HatetuneError, exit_on_error
+from hatetune.io import read_jsonl
 from hatetune.runinfo import environment
 
 
@@ -43,9 +51,42 @@ def agreements(run: dict) -> dict:
     return found
 
 
+def evaluate_generation(cfg, base_dir: Path, adapter: Path | None, stage: str | None) -> int:
+    """The replies of the fine-tuned model (with adapter) or of the base systems (without) to the test posts."""
+    g = cfg.eval.generation
+    if cfg.eval.data:
+        raise HatetuneError("a generation task evaluates its test split (eval.data is for classification tasks)",
+                            field="eval.data")
+    test_file = paths.split_file(cfg.task.name, "test")
+    if not test_file.is_file():
+        raise HatetuneError("evaluation data not found (run the convert stage)", file=str(test_file))
+    rows = generation.select(read_jsonl(test_file), g.sets, g.max_prompts, cfg.seed)
+    if not rows:
+        raise HatetuneError(f"no test post in the sets {list(g.sets)}", file=str(test_file))
+    with carbon.track_emissions(stage or "evaluate", cfg.carbon.country_iso_code,
+                                paths.carbon_file(stage or "evaluate"), enabled=stage is not None):
+        tokenizer = models.load_tokenizer(adapter or base_dir, cfg.model, padding_side="left")
+        model = models.load_model(cfg.model, base_dir, quantize=not cfg.eval.unquantized_base, adapter_dir=adapter)
+        results = generation.evaluate_systems(model, tokenizer, rows, cfg, adapter is not None)
+    for name, decodings in results.items():
+        for decoding, result in decodings.items():
+            print(generation.summary_line(name, decoding, result["metrics"]))
+    base = evaluation.output_base(cfg)
+    generation.write_results(base, results, {
+        "adapter": str(adapter) if adapter else None, "base_model": str(base_dir), "prompts": len(rows),
+        "sets": list(g.sets), "decodings": list(g.decodings), "temperature": g.temperature, "top_p": g.top_p,
+        "max_new_tokens": g.max_new_tokens, "seed": cfg.seed, "batch_size": cfg.eval.batch_size, **environment()})
+    print(f"{len(rows)} posts x {sum(len(d) for d in results.values())} system-decodings -> {paths.results_json(base)}")
+    return 0
+
+
 @exit_on_error
 def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "evaluate", argv)
+    if cfg.task.kind == "generation":
+        adapter = Path(cfg.eval.adapter_dir or paths.adapter_dir(cfg.task.name)) if cfg.eval.adapter else None
+        return evaluate_generation(cfg, paths.base_model_dir(cfg.model.name), adapter,
+                                   evaluation.carbon_stage(cfg))
     ev, labels = cfg.eval, list(cfg.task.labels.names)
     parse = parsing.get_parser(cfg.task.parser, labels)
     sets = {name: evaluation.load_rows(path, labels) for name, path in evaluation.eval_files(cfg).items()}

@@ -6,12 +6,16 @@ metrics/train_curves/ (dvclive), metrics/carbon/*.json, the sources stage's reco
 weights actually used, and models/adapter/<task>/.
 Writes metrics/report.md, metrics/report/{loss,per_class_f1,confusion}.png, metrics/carbon/total.json and
 models/release/<task>/ = the adapter files + README.md (Hugging Face model card).
+
+A generation task (stophate) gets its own report and card (hatetune.reply_report): the four systems' stop,
+over-refusal and hateful-reply rates side by side with the paper's Table 5 as reference rows, the judge and its own
+test scores (metrics/judge.json, metrics/baseline.json), metrics/report/reply_rates.png, and example replies.
 """
 from __future__ import annotations
 
 import sys
 
-from hatetune import config, model_card, models, paths, prompts, report
+from hatetune import config, model_card, models, paths, prompts, reply_report, report
 from hatetune.errors import HatetuneError, exit_on_error
 from hatetune.io import write_json, write_text
 
@@ -19,14 +23,17 @@ from hatetune.io import write_json, write_text
 @exit_on_error
 def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "report", argv)
-    facts = report.gather(cfg)
-    if not any(facts["systems"].values()):
+    generation = cfg.task.kind == "generation"
+    facts = reply_report.gather(cfg) if generation else report.gather(cfg)
+    if not any((facts["reply_metrics"] if generation else facts["systems"]).values()):
         raise HatetuneError("no evaluation results: run the evaluate, evaluate_zeroshot and baseline stages",
                             file=str(paths.results_json(paths.results_base(paths.EVAL))))
     plots = report.write_plots(facts, paths.REPORT_DIR) + facts["calibration_plots"]
     write_json(paths.CARBON_TOTAL, {"measured": report.measured_totals(facts["measurements"]),
                                     "lacoste_estimate": facts["estimate"]})
-    write_text(paths.REPORT_MD, report.build_report(cfg, facts, plots))
+    if generation:
+        plots += reply_report.write_plots(facts, paths.REPORT_DIR)
+    write_text(paths.REPORT_MD, (reply_report if generation else report).build_report(cfg, facts, plots))
 
     adapter = paths.adapter_dir(cfg.task.name)
     if not (adapter / "adapter_config.json").is_file():
@@ -36,8 +43,8 @@ def main(argv=None) -> int:
                                     "system": cfg.task.prompt.system}, cfg.task.prompt, tokenizer)
     # The card goes into a release copy, not into the adapter folder: that folder is the train stage's output,
     # and changing it would make DVC rerun training (see model_card.write_release).
-    release = model_card.write_release(adapter, paths.release_dir(cfg.task.name),
-                                       model_card.model_card(cfg, facts, example))
+    card = reply_report.model_card(cfg, facts, example) if generation else model_card.model_card(cfg, facts, example)
+    release = model_card.write_release(adapter, paths.release_dir(cfg.task.name), card)
     print(f"report -> {paths.REPORT_MD}; model card -> {release / 'README.md'}")
     return 0
 

@@ -7,6 +7,8 @@ cannot see an environment variable; so this stage always runs (`always_changed`)
 - models/base/<model>.source.json: the mirror's GGUF and its sha256, the Hub commit, or the local folder;
 - data/raw/functional.source.json: the same for the functional test suite (eval.functional) when it is enabled,
   else a record that it is not (so a mirror without the suite is no error while it is off).
+- models/judge/<task>.source.json: a generation task's judge (eval.judge.adapter_dir and the sha256 of its files,
+  or the TF-IDF fallback and why; "not applicable" for a classification task).
 download and base_model depend on these files: when the resolution changes (a switch between mirror and Hub,
 an edited mirror file), they rerun, and so does everything after them; when it does not, nothing else does.
 """
@@ -23,17 +25,22 @@ from hatetune.io import write_json
 def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "sources", argv)
     mirror = sources.mirror_root(cfg.download.mirror)
-    data = sources.resolve(cfg.task.source, mirror)
+    data = (sources.resolve_many(sources.task_sources(cfg.task), mirror, sources.source_fields(cfg.task))
+            if cfg.task.extra_sources else sources.resolve(cfg.task.source, mirror))
     base = model_sources.resolve(cfg.model, mirror)
     suite = cfg.eval.functional
     suite_source = {"enabled": True, **sources.resolve(suite.source, mirror)} if suite.enabled else {"enabled": False}
+    judge = model_sources.resolve_judge(cfg.task.kind, cfg.eval.judge.adapter_dir, cfg.model)
     write_json(paths.data_source_file(cfg.task.name), data)
     write_json(paths.base_source_file(cfg.model.name), base)
     write_json(paths.FUNCTIONAL_SOURCE_FILE, suite_source)
+    write_json(paths.judge_source_file(cfg.task.name), judge)
     print(f"sources: data {sources.describe(data)}", file=sys.stderr)
     print(f"sources: base model {model_sources.describe(base)}", file=sys.stderr)
     if suite.enabled:
         print(f"sources: functional suite {sources.describe(suite_source)}", file=sys.stderr)
+    if judge["kind"] != "not applicable":
+        print(f"sources: judge {judge.get('path') or 'TF-IDF'} ({judge.get('reason') or 'adapter'})", file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,7 @@
 """train: QLoRA fine-tuning of the base model on the task's Alpaca JSONL.
 
-Reads data/processed/<task>/{train,dev}.jsonl and models/base/<model>/. Writes the adapter in Hugging Face
+Reads data/processed/<task>/{train,dev}.jsonl (a generation task: data/replies/<task>/{train,dev}.jsonl, its rows
+with the outputs of task.targets.mode) and models/base/<model>/. Writes the adapter in Hugging Face
 format (+ tokenizer, chat template) to models/adapter/<task>/, metrics/train.json (speed, memory, tokens,
 truncation), metrics/train_run.json (the resolved config, library versions, CPU / GPU model, threads), training
 curves to metrics/train_curves/ (dvclive) and energy to metrics/carbon/train.json.
@@ -30,7 +31,8 @@ def main(argv=None) -> int:
                 raise HatetuneError(f"training failed in one of its {cfg.train.nproc} processes (exit {code})")
             return 0
         metrics = training.train(cfg, base_dir=paths.base_model_dir(cfg.model.name),
-                                 data_dir=paths.processed_dir(task), out_adapter=paths.adapter_dir(task),
+                                 data_dir=paths.training_data_dir(task, cfg.task.kind),
+                                 out_adapter=paths.adapter_dir(task),
                                  ckpt_dir=paths.checkpoint_dir(task), curves_dir=paths.TRAIN_CURVES,
                                  metrics_path=paths.TRAIN_METRICS, run_path=paths.TRAIN_RUN)
     if distributed.is_main_process():

@@ -59,6 +59,7 @@ def test_default_composition_validates(monkeypatch):
     (["task.split.fractions={train: 0.0, dev: 0.5, test: 0.5}"], "task.split.fractions.train"),
     (["task.source.sha256=abc"], "task.source.sha256"),
     (["task.source.sha256=" + "g" * 64], "task.source.sha256"),
+    (["task=stophate", "task.extra_sources.conan.sha256=abc"], "task.extra_sources.conan.sha256"),
 ])
 def test_bad_values_fail_naming_the_key(overrides, key, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -103,6 +104,7 @@ def test_an_all_digit_sha256_override_stays_the_text_it_was(digits, recompose, m
 def test_string_keys_are_found_in_the_schema():
     assert config.is_string_key("task.source.sha256") and config.is_string_key("model.revision")
     assert config.is_string_key("task.labels.map.nothate")  # Dict[str, str] values
+    assert config.is_string_key("task.extra_sources.conan.sha256")  # Dict[str, SourceConf] values
     assert not config.is_string_key("lora.r") and not config.is_string_key("train.lr")
     assert not config.is_string_key("no.such.key")
     assert config.keep_strings(["task.source.sha256=0123", "lora.r=8", "task.source.sha256=null"]) == \

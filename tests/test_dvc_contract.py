@@ -17,7 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from dvc_contract import ROOT, data_paths, python_dep_problems
-from hatetune import config, paths
+from hatetune import config, paths, schema
 from hatetune.errors import UndeclaredParamError
 
 
@@ -61,6 +61,19 @@ def test_every_declared_param_exists(dvc, params):
         keys = config.declared_params(name, ROOT / "dvc.yaml")
         assert keys, name
         config.stage_view(cfg, keys)  # raises on a key params.yaml does not have
+
+
+@pytest.mark.parametrize("task", schema.TASKS)
+def test_every_declared_param_is_written_to_params_yaml_for_every_task(task):
+    """DVC reads params.yaml as composed from conf/, without the schema's defaults: a declared key that no conf/
+    file writes fails `dvc repro` ("missing from params.yaml") although validation would fill it in."""
+    composed = OmegaConf.to_container(config.compose([f"task={task}"]), resolve=True)
+    for name in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]:
+        for key in config.declared_params(name, ROOT / "dvc.yaml"):
+            node = composed
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"stage {name}: {key} is not in params.yaml ({task})"
+                node = node[part]
 
 
 def test_every_stage_declares_the_owner_only_key(dvc):

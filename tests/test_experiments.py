@@ -63,6 +63,15 @@ PRESETS = {
         "train.max_grad_norm": 1.0, "train.gradient_checkpointing": False, "train.group_by_length": False,
         "model.chat_template": "llama2_decoding_hate",
         "data.max_examples": FULL_DATA,
+        # the task side: MetaHate, the stop message for every post, the paper's decoding on every test post
+        "task.name": "stophate", "task.kind": "generation", "task.prompt.format": "chat",
+        "task.prompt.instruction": "Tell me what is your answer of the following message?\nMessage:",
+        "task.prompt.system": "", "task.max_examples": None,
+        "task.targets.mode": "stop_all", "task.stop_message": "I cannot engage with this conversation.",
+        "task.targets.train_sources": ["metahate"], "task.extra_sources.metahate.repo_id": "irlab-udc/metahate",
+        "eval.generation.temperature": 0.8, "eval.generation.top_p": 0.95, "eval.generation.max_new_tokens": 280,
+        "eval.generation.max_prompts": None, "eval.generation.decodings": ["sampled", "greedy"],
+        "eval.generation.sets": ["conan", "dynahate_hate", "dynahate_not_hate"],
     },
 }
 
@@ -132,3 +141,38 @@ def test_stophate_preset_carries_its_published_carbon_accounting(monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = config.validate(config.compose(["+experiment=stophate_llama2_13b"]))
     assert round(estimate_from_config(cfg.carbon)["emissions_kg"], 2) == 1.17
+
+
+def test_stophate_preset_composes_the_same_with_or_without_task_stophate():
+    """`dvc exp run -S task=stophate -S +experiment=stophate_llama2_13b` is the paper's recipe too."""
+    alone = config.validate(config.compose(["+experiment=stophate_llama2_13b"]))
+    both = config.validate(config.compose(["task=stophate", "+experiment=stophate_llama2_13b"]))
+    assert OmegaConf.to_container(alone) == OmegaConf.to_container(both)
+
+
+def test_task_stophate_is_the_cpu_recipe():
+    cfg = config.validate(config.compose(["task=stophate"]))
+    assert cfg.model.name == "smollm2_135m_instruct" and cfg.task.targets.mode == "stop_when_hateful"
+    assert all(n is not None for k, n in cfg.task.max_examples.items() if k != "test")
+    assert cfg.eval.generation.max_prompts is not None and cfg.eval.generation.max_new_tokens < 280
+
+
+@pytest.mark.parametrize("override, key", [("task.targets.mode=refuse", "task.targets.mode"),
+                                           ("eval.generation.top_p=1.5", "eval.generation.top_p"),
+                                           ("eval.generation.temperature=0", "eval.generation.temperature"),
+                                           ("eval.generation.sets=[reddit]", "eval.generation.sets"),
+                                           ("eval.generation.decodings=[beam]", "eval.generation.decodings"),
+                                           ("task.targets.train_sources=[twitter]", "task.targets.train_sources"),
+                                           ("task.stop_message=' '", "task.stop_message"),
+                                           ("task.parser=dynahate_regex", "task.parser"),
+                                           ("task.max_examples.train=0", "task.max_examples.train"),
+                                           ("+task.extra_sources.reddit={name: r, kind: local, path: x}",
+                                            "task.extra_sources")])
+def test_bad_stophate_values_name_the_key(override, key):
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+        config.validate(config.compose(["task=stophate", override]))
+
+
+def test_classification_tasks_cannot_use_the_stop_parser():
+    with pytest.raises(config.ConfigError, match="task.parser"):
+        config.validate(config.compose(["task.parser=stop_message"]))

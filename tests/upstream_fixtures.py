@@ -133,3 +133,65 @@ def write_hatecheck(path: Path, rows: Optional[list[dict]] = None, **kw) -> Path
         writer.writeheader()
         writer.writerows(rows)
     return path
+# ------------------------------------------------------------------------- Stop-Hate corpora (generated)
+# The CONAN family and MetaHate in their upstream schemas, with neutral generated texts: CONAN is research-only,
+# so no CONAN text may appear in the repository, not even in a fixture.
+CONAN_COLUMNS = ["cn_id", "hateSpeech", "counterSpeech", "hsType", "hsSubType", "cnType", "age", "gender",
+                 "educationLevel"]
+MULTITARGET_COLUMNS = ["INDEX", "HATE_SPEECH", "COUNTER_NARRATIVE", "TARGET", "VERSION"]
+DIALOCONAN_COLUMNS = ["text", "TARGET", "dialogue_id", "turn_id", "type", "source"]
+KN_COLUMNS = ["hate_speech", "knowledge_sentence", "counter_narrative", "target"]
+
+
+def conan_rows(n_hs: int = 12) -> list[dict]:
+    """Each hate speech with two counter-narratives (as CONAN pairs them), in English, and a French copy."""
+    rows = []
+    for i in range(n_hs):
+        for k in range(2):
+            for lang in ("EN", "FR"):
+                rows.append({"cn_id": f"{lang}T1ST{i:04d}HS{i:04d}CN{k:06d}", "hateSpeech": f"{lang} claim {i} about group",
+                             "counterSpeech": f"{lang} answer {i}.{k} with facts", "hsType": "Islamophobia",
+                             "hsSubType": "", "cnType": "facts", "age": "", "gender": "", "educationLevel": ""})
+    return rows
+
+
+def multitarget_rows(n: int = 20, shared_cn_every: int = 5) -> list[dict]:
+    """Pairs; every `shared_cn_every`-th pair reuses the counter-narrative of the pair before it (as upstream)."""
+    rows = []
+    for i in range(n):
+        cn = f"multitarget answer {i - 1 if i % shared_cn_every == 0 and i else i}"
+        rows.append({"INDEX": f"{i}", "HATE_SPEECH": f"multitarget claim {i} on topic {i % 4}",
+                     "COUNTER_NARRATIVE": cn, "TARGET": "MIGRANTS", "VERSION": "V1"})
+    return rows
+
+
+def dialoconan_rows(n_dialogues: int = 8, turns: int = 4) -> list[dict]:
+    """Dialogues of alternating HS / CN turns (turn ids shuffled in the file, as a reader must not rely on order)."""
+    rows = []
+    for d in range(n_dialogues):
+        for t in reversed(range(turns)):
+            kind = "HS" if t % 2 == 0 else "CN"
+            rows.append({"text": f"dialogue {d} turn {t} {'claim' if kind == 'HS' else 'reply'}", "TARGET": "WOMEN",
+                         "dialogue_id": str(d), "turn_id": str(t), "type": kind, "source": "dialo_gold"})
+    return rows
+
+
+def kn_rows(n: int = 4) -> list[dict]:
+    return [{"hate_speech": f"kn claim {i}", "knowledge_sentence": f"fact {i}", "counter_narrative": f"kn answer {i}",
+             "target": "JEWS"} for i in range(n)]
+
+
+def metahate_rows(n: int = 30) -> list[dict]:
+    return [{"label": str(i % 3 == 0 and 1 or 0), "text": f"metahate post {i} on a topic"} for i in range(n)]
+
+
+def write_stophate_mirror(mirror: Path, **sizes) -> Path:
+    """A generated offline mirror for task stophate: dynahate/, metahate-sample/ and conan/ (four files)."""
+    write_dynahate(mirror / "dynahate" / "dynahate_v0.2.2_dev.csv", n_single=sizes.get("n_single", 60),
+                   n_pairs=sizes.get("n_pairs", 30))
+    write_csv(mirror / "metahate-sample" / "metahate_sample.tsv", metahate_rows(), ["label", "text"], delimiter="\t")
+    write_csv(mirror / "conan" / "CONAN.csv", conan_rows(), CONAN_COLUMNS)
+    write_csv(mirror / "conan" / "Multitarget-CONAN.csv", multitarget_rows(), MULTITARGET_COLUMNS)
+    write_csv(mirror / "conan" / "DIALOCONAN.csv", dialoconan_rows(), DIALOCONAN_COLUMNS)
+    write_csv(mirror / "conan" / "multitarget_KN_grounded_CN.csv", kn_rows(), KN_COLUMNS)
+    return mirror

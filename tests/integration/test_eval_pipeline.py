@@ -10,8 +10,8 @@ import pytest
 
 from integration.conftest import make_tiny_project, ran_stages, run  # tests/ is on sys.path
 
-ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "train", "functional_suite", "evaluate",
-              "evaluate_zeroshot", "baseline", "report"}
+ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "replies", "train", "functional_suite",
+              "evaluate", "evaluate_zeroshot", "baseline", "judge", "report"}
 
 
 @pytest.fixture
@@ -57,6 +57,8 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
     report = (repo / "metrics/report.md").read_text()
     assert "| fine-tuned | 8 |" in report and "| zero-shot | 8 |" in report and "| TF-IDF + LR baseline | 8 |" in report
     assert {p.name for p in (repo / "metrics/report").iterdir()} == {"loss.png", "per_class_f1.png", "confusion.png"}
+    assert json.loads((repo / "metrics/judge.json").read_text())["judge"]["kind"] == "not applicable"
+    assert json.loads((repo / "data/replies/dynahate/info.json").read_text())["applicable"] is False
     release = repo / "models/release/dynahate"
     assert (release / "adapter_model.safetensors").read_bytes() == \
         (repo / "models/adapter/dynahate/adapter_model.safetensors").read_bytes()
@@ -74,7 +76,8 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline run"], repo)
     exp = run(["dvc", "exp", "run", "-S", "lora.r=16"], repo, env=env)
-    assert ran_stages(exp.stdout) == ["sources", "train", "evaluate", "report"], exp.stdout
+    # judge reads the evaluate stage's output: for a classifier it only writes "not applicable"
+    assert ran_stages(exp.stdout) == ["sources", "train", "evaluate", "judge", "report"], exp.stdout
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
     train_diff = diff.get("diff", diff)["metrics/train.json"]  # the workspace (experiment) against HEAD
     assert train_diff["trainable_params"]["new"] == 2 * train_diff["trainable_params"]["old"], train_diff

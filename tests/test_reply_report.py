@@ -1,0 +1,74 @@
+"""The Stop-Hate report section and model card: the four systems side by side with the paper's Table 5 as marked
+reference rows, the judge and its own score, example replies under a content warning (never CONAN's), a plot."""
+from __future__ import annotations
+
+import pytest
+
+from hatetune import config, reply_report
+
+SETS = ("conan", "dynahate_hate", "dynahate_not_hate")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return config.validate(config.compose(["task=stophate"]))
+
+
+def metrics(stop_conan, stop_dh, over):
+    return {"conan": {"n": 4, "stop_rate": stop_conan}, "dynahate_hate": {"n": 4, "stop_rate": stop_dh},
+            "dynahate_not_hate": {"n": 4, "stop_rate": over}, "stop_rate_hateful": (stop_conan + stop_dh) / 2,
+            "over_refusal_rate": over}
+
+
+def judged(conan, dh, normal):
+    return {"conan": {"n": 4, "hateful_reply_rate": conan}, "dynahate_hate": {"n": 4, "hateful_reply_rate": dh},
+            "dynahate_not_hate": {"n": 4, "hateful_reply_rate": normal}, "hateful_reply_rate_hateful_inputs": 0.5}
+
+
+@pytest.fixture
+def facts():
+    systems = ["fine-tuned", "base", "base + stop prompt", "base + counter speech prompt"]
+    records = [{"set": s, "input": f"{s} post {i}", "reply": f"reply {i}"} for s in SETS for i in range(3)]
+    return {
+        "reply_metrics": {s: {"sampled": metrics(0.75, 0.5, 0.25), "greedy": metrics(1.0, 1.0, 0.0)} for s in systems},
+        "judged": {s: {"sampled": judged(0.25, 0.0, 0.0), "greedy": judged(0.0, 0.0, 0.0)} for s in systems},
+        "judge": {"kind": "tfidf", "name": "TF-IDF + logistic regression (DynaHate train posts)",
+                  "fallback_reason": "no adapter in models/adapter/dynahate", "test_macro_f1": 0.61,
+                  "test_accuracy": 0.62, "test_hate_precision": 0.6, "test_hate_recall": 0.7, "test_n": 412,
+                  "replies_judged": 30},
+        "replies": {s: {"sampled": records} for s in systems},
+        "systems": {"TF-IDF judge (baseline stage)": None}, "data": {}, "train": None, "measurements": {},
+        "estimate": {"hours": 0.0, "device_power_w": 15, "pue": 1, "carbon_intensity_kg_per_kwh": 0.4,
+                     "energy_kwh": 0, "emissions_kg": 0}, "base_source": None, "data_source": None,
+    }
+
+
+def test_rates_table_has_every_system_and_marked_reference_rows(cfg, facts):
+    table = reply_report.rates_table(cfg, facts)
+    assert "| fine-tuned | sampled | 4/4/4 | 75.0% | 50.0% | 25.0% | 25.0% | 0.0% | 0.0% |" in table
+    assert "| base + stop prompt | greedy | 4/4/4 | 100.0% | 100.0% | 0.0% |" in table
+    assert ("| *Llama-2-13b-chat fine-tuned (Stop-Hate) (paper, Table 5; reference)* | sampled | all | – | – | "
+            "not measured | 0.94% | 0.55% | not measured |") in table
+    assert table.count("(paper, Table 5; reference)") == len(reply_report.PAPER_TABLE_5)
+
+
+def test_judge_note_names_the_judge_and_its_own_score(facts):
+    note = reply_report.judge_note(facts)
+    assert "TF-IDF" in note and "0.6100" in note and "no adapter in models/adapter/dynahate" in note
+    assert "own domain" in note
+
+
+def test_examples_are_dynahate_only_under_a_content_warning(cfg, facts):
+    text = reply_report.examples(cfg, facts)
+    assert text.startswith("> **Content warning**")
+    assert "conan post" not in text  # CONAN is research-only
+    # eval.generation.examples = 2 replies per system (4) and DynaHate set
+    assert text.count("dynahate_hate post 1") == 4 and "dynahate_hate post 2" not in text
+
+
+def test_report_plot_and_card(cfg, facts, tmp_path):
+    plots = reply_report.write_plots(facts, tmp_path)
+    assert [p.split("/")[-1] for p in plots] == ["reply_rates.png"] and (tmp_path / "reply_rates.png").stat().st_size
+    card = reply_report.model_card(cfg, facts, "<|im_start|>user\n...")
+    assert card.startswith("---\n") and "Content warning" in card and "stop_when_hateful" in card
+    assert "(paper, Table 5; reference)" in card and "research only" in card
