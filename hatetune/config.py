@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError, exit_on_error
 from .schema import validate
 
-GROUPS = ("task", "model", "lora", "train", "eval", "carbon", "experiment")
+GROUPS = ("task", "model", "lora", "train", "eval", "carbon", "serve", "export", "experiment")
 PARAMS_FILE = "params.yaml"
 DVC_FILE = "dvc.yaml"
 _ABSENT = object()

@@ -48,6 +48,13 @@ def test_default_composition_validates(monkeypatch):
     (["eval.mode=sample"], "eval.mode"),
     (["task.split.fractions.train=0.5"], "task.split.fractions"),
     (["+lora.rank=8"], "lora.rank"),
+    (["serve.port=0"], "serve.port"),
+    (["serve.backend=vllm"], "serve.backend"),
+    (["serve.log_text=all"], "serve.log_text"),
+    (["serve.max_texts=1000"], "serve.max_texts"),
+    (["serve.url=localhost:11434"], "serve.url"),
+    (["export.qtype=Q4_0"], "export.qtype"),
+    (["export.verify_rows=0"], "export.verify_rows"),
 ])
 def test_bad_values_fail_naming_the_key(overrides, key, monkeypatch):
     monkeypatch.chdir(ROOT)
