@@ -11,6 +11,7 @@ from pathlib import Path
 DATA = Path("data")
 MODELS = Path("models")
 METRICS = Path("metrics")
+LOGS = Path("logs")
 SPLITS = ("train", "dev", "test")
 LABELS_FILE, SPLIT_FILE = "labels.csv", "split.json"  # the labels stage's files in interim_dir
 
@@ -70,6 +71,15 @@ def release_dir(task: str) -> Path:
     return MODELS / "release" / task
 
 
+def export_dir(task: str) -> Path:
+    """The export stage's output: the merged model as GGUF + an Ollama Modelfile (or, for a base without a source
+    GGUF, the merged Hugging Face folder that llama.cpp's converter reads)."""
+    return MODELS / "export" / task
+
+
+GGUF_FILE, MODELFILE, MERGED_DIR = "model.gguf", "Modelfile", "merged"  # the files of export_dir
+
+
 # --------------------------------------------------------------------------------------------- metrics
 DATA_METRICS = METRICS / "data.json"
 TRAIN_METRICS = METRICS / "train.json"
@@ -80,6 +90,7 @@ REPORT_MD = METRICS / "report.md"
 REPORT_DIR = METRICS / "report"
 CARBON_DIR = METRICS / "carbon"
 CARBON_TOTAL = CARBON_DIR / "total.json"
+EXPORT_METRICS = METRICS / "export.json"
 # The systems every report compares: fine-tuned, zero-shot and the TF-IDF baseline (results_base names).
 EVAL, ZEROSHOT, BASELINE = "eval", "zeroshot", "baseline"
 # The files of one evaluated split, in <results base>/<split>/.
@@ -110,15 +121,25 @@ def carbon_file(stage: str) -> Path:
     return CARBON_DIR / f"{stage}.json"
 
 
+def predictions_file(name: str, split: str) -> Path:
+    """The per-example records of one evaluated split (what the export stage compares the GGUF's labels with)."""
+    return results_base(name) / split / PREDICTIONS_FILE
+
+
+# ------------------------------------------------------------------------------------------------- serve
+REQUEST_LOG = LOGS / "requests.sqlite"  # the service's request log (serve.log_db); not a DVC output
+
+
 def pipeline_paths(task: str, model: str) -> set[Path]:
     """The paths dvc.yaml names for one task and model (its deps, outs, metrics and plots); a test checks that
     dvc.yaml names exactly these."""
     found = {data_source_file(task), raw_dir(task), interim_dir(task), processed_dir(task),
              split_file(task, "train"), split_file(task, "dev"), base_source_file(model), base_model_dir(model),
              adapter_dir(task), checkpoint_dir(task), release_dir(task), DATA_METRICS, TRAIN_METRICS, TRAIN_RUN,
-             TRAIN_CURVES, TRAIN_CURVE_PLOTS, REPORT_MD, REPORT_DIR, CARBON_TOTAL, confusion_csv(EVAL, "test")}
+             TRAIN_CURVES, TRAIN_CURVE_PLOTS, REPORT_MD, REPORT_DIR, CARBON_TOTAL, confusion_csv(EVAL, "test"),
+             split_file(task, "test"), export_dir(task), EXPORT_METRICS}
     for name in (EVAL, ZEROSHOT, BASELINE):
         found |= {results_base(name), results_json(results_base(name))}
-    found |= {carbon_file(stage) for stage in ("train", "evaluate", "evaluate_zeroshot")}
+    found |= {carbon_file(stage) for stage in ("train", "evaluate", "evaluate_zeroshot", "export")}
     found |= {REPORT_DIR / f"{name}.png" for name in ("loss", "per_class_f1", "confusion")}
     return found
