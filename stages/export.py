@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
-from hatetune import carbon, config, evaluation, inference, labeling, metrics, model_sources, models, paths, prompts
-from hatetune import sources
+from hatetune import carbon, config, evaluation, inference, labeling, model_sources, models, paths, prompts, sources
 from hatetune.errors import HatetuneError, exit_on_error
-from hatetune.export import gguf_file, merge, modelfile
+from hatetune.export import gguf_file, merge, modelfile, verify
 from hatetune.io import atomic_path, read_jsonl, write_json
-
-TARGET_AGREEMENT = 0.99
 
 
 def evaluate_predictions(ids: list) -> list | None:
@@ -35,9 +33,8 @@ def evaluate_predictions(ids: list) -> list | None:
     return [predicted[i] for i in ids] if all(i in predicted for i in ids) else None
 
 
-def label_summary(predicted, gold, labels) -> dict:
-    found = metrics.classification_metrics(gold, predicted, labels)
-    return {"accuracy": found["accuracy"], "macro_f1": found["macro_f1"], "invalid_rate": found["invalid_rate"]}
+def log(message: str, since: float) -> None:
+    print(f"export: {message} ({time.perf_counter() - since:.0f} s)", file=sys.stderr, flush=True)
 
 
 @exit_on_error
@@ -49,6 +46,9 @@ def main(argv=None) -> int:
     rows, gold = evaluation.load_rows(paths.split_file(task, "test"), labels)
     rows, gold = (rows[:ex.verify_rows], gold[:ex.verify_rows]) if ex.verify_rows else (rows, gold)
     ids = [r.get("id", str(i + 1)) for i, r in enumerate(rows)]
+    # label scores for the flip diagnostics: free in greedy mode (same prompt pass), always there in score mode
+    scores = cfg.eval.mode == "greedy"
+    start = time.perf_counter()
 
     with carbon.track_emissions("export", cfg.carbon.country_iso_code, paths.carbon_file("export")):
         tokenizer = models.load_tokenizer(adapter, cfg.model, padding_side="left")
@@ -57,12 +57,13 @@ def main(argv=None) -> int:
         if head:
             print("export: the adapter trains lm_head over the base's output head: merged (a LoRA on lm_head "
                   "cannot be a GGUF LoRA, and vLLM rejects it as a LoRA module)", file=sys.stderr)
-        merged_labels = labeling.classify_rows(model, tokenizer, rows, cfg, agreement=False, progress=True,
-                                               desc="merged model")["predicted"]
+        log("merged the adapter into the float32 base", start)
+        merged = labeling.classify_rows(model, tokenizer, rows, cfg, agreement=scores, progress=True,
+                                        desc="merged model")
         stops = modelfile.stop_tokens(tokenizer, inference.eos_token_ids(model, tokenizer))
         text = modelfile.modelfile_text(modelfile.ollama_template(cfg.task.prompt, tokenizer), stops,
                                         cfg.eval.max_new_tokens, paths.GGUF_FILE)
-        gguf_info, gguf_labels = None, None
+        gguf_info, exported = None, None
         with atomic_path(out) as tmp:
             tmp.mkdir(parents=True)
             (tmp / paths.MODELFILE).write_text(text, encoding="utf-8")
@@ -70,49 +71,36 @@ def main(argv=None) -> int:
                 src = model_sources.source_gguf(source, sources.mirror_root(cfg.download.mirror))
                 overrides = gguf_file.header_overrides(tokenizer, prompts.adds_special_tokens(cfg.task.prompt))
                 gguf_info = gguf_file.write_gguf(model, src, tmp / paths.GGUF_FILE, ex.qtype, overrides)
+                log(f"wrote {paths.GGUF_FILE} ({ex.qtype}, {gguf_info['bytes'] / 1e6:.1f} MB)", start)
                 del model
                 gguf_model, gguf_tokenizer = gguf_file.load_gguf(tmp / paths.GGUF_FILE)
-                gguf_labels = labeling.classify_rows(gguf_model, gguf_tokenizer, rows, cfg, agreement=False,
-                                                     progress=True, desc="GGUF")["predicted"]
+                exported = labeling.classify_rows(gguf_model, gguf_tokenizer, rows, cfg, agreement=scores,
+                                                  progress=True, desc="GGUF")
             else:
                 print(f"export: the base ({model_sources.describe(source)}) has no source GGUF: writing the "
                       f"merged model to {out / paths.MERGED_DIR} for llama.cpp's convert_hf_to_gguf.py",
                       file=sys.stderr)
                 merge.save_merged(model, tokenizer, tmp / paths.MERGED_DIR)
-            result = verification(gguf_info, gguf_labels, merged_labels, gold, ids, labels, head)
-            if gguf_labels is not None and result["agreement_gguf_merged"] < ex.min_agreement:
-                raise HatetuneError(f"the GGUF's labels agree with the merged model's on only "
-                                    f"{result['agreement_gguf_merged']:.2%} of {len(rows)} test rows (below "
-                                    f"export.min_agreement {ex.min_agreement}): the export is broken")
+            result = {"format": "gguf" if gguf_info else "merged_hf", "adapter_trains_lm_head": head,
+                      **{k: gguf_info[k] if gguf_info else None for k in ("qtype", "bytes", "sha256", "tied")},
+                      **verify.compare(exported, merged, gold, labels, evaluate_predictions(ids))}
+            agreement = result["agreement_exported_merged"]
+            if agreement is not None and agreement < ex.min_agreement:
+                raise HatetuneError(f"the GGUF's labels agree with the merged model's on only {agreement:.2%} of "
+                                    f"{len(rows)} test rows (export.min_agreement {ex.min_agreement}; label score "
+                                    f"error up to {result['score_abs_diff_max']}): the export is broken")
     write_json(paths.EXPORT_METRICS, result)
-    for key in ("agreement_gguf_merged", "agreement_gguf_evaluate", "agreement_merged_evaluate"):
+    for key in ("agreement_exported_merged", "agreement_exported_evaluate", "agreement_merged_evaluate"):
         if result[key] is not None:
             print(f"export: {key} = {result[key]:.4f} on {len(rows)} test rows")
-    if gguf_labels is not None and result["agreement_gguf_merged"] < TARGET_AGREEMENT:
-        print(f"export: warning: GGUF/merged agreement below the {TARGET_AGREEMENT} target", file=sys.stderr)
-    print(f"export -> {out}, {paths.EXPORT_METRICS}")
+    if result["flipped_rows"]:
+        print(f"export: {result['flipped_rows']} flipped labels, all where the merged model's label margin was "
+              f"<= {result['max_merged_margin_of_flips']} (label score error: mean {result['score_abs_diff_mean']}, "
+              f"max {result['score_abs_diff_max']})")
+    if agreement is not None and agreement < verify.TARGET_AGREEMENT:
+        print(f"export: warning: GGUF/merged agreement below the {verify.TARGET_AGREEMENT} target", file=sys.stderr)
+    log(f"-> {out}, {paths.EXPORT_METRICS}", start)
     return 0
-
-
-def verification(gguf_info, gguf_labels, merged_labels, gold, ids, labels, head: bool) -> dict:
-    """metrics/export.json: what was written and how its labels agree (deterministic: no timings)."""
-    evaluated = evaluate_predictions(ids)
-
-    def agree(a, b):
-        return metrics.agreement(a, b) if a is not None and b is not None else None
-
-    return {"rows": len(gold), "format": "gguf" if gguf_info else "merged_hf",
-            "qtype": gguf_info["qtype"] if gguf_info else None,
-            "gguf_bytes": gguf_info["bytes"] if gguf_info else None,
-            "gguf_sha256": gguf_info["sha256"] if gguf_info else None,
-            "tied_embeddings": gguf_info["tied"] if gguf_info else None,
-            "adapter_trains_lm_head": head,
-            "agreement_target": TARGET_AGREEMENT,
-            "agreement_gguf_merged": agree(gguf_labels, merged_labels),
-            "agreement_gguf_evaluate": agree(gguf_labels, evaluated),
-            "agreement_merged_evaluate": agree(merged_labels, evaluated),
-            "merged": label_summary(merged_labels, gold, labels),
-            "gguf": label_summary(gguf_labels, gold, labels) if gguf_labels is not None else None}
 
 
 if __name__ == "__main__":

@@ -239,3 +239,21 @@ def test_go_template_subset():
     assert modelfile.render_ollama("{{ .Prompt }}!", "u") == "u!"
     with pytest.raises(ValueError):
         r("{{ range .Messages }}{{ end }}", {})
+
+
+def test_verification_tells_rounding_flips_from_agreement():
+    from hatetune.export import verify
+
+    labels = ["hate", "not hate"]
+    merged = {"predicted": ["hate", "hate", "not hate", "hate"],
+              "log_probs": [[-0.1, -3.0], [-1.00, -1.05], [-2.0, -0.2], [-0.5, -1.5]]}
+    exported = {"predicted": ["hate", "not hate", "not hate", "hate"],
+                "log_probs": [[-0.12, -3.0], [-1.06, -1.02], [-2.0, -0.21], [-0.5, -1.5]]}
+    found = verify.compare(exported, merged, ["hate", "not hate", "not hate", "not hate"], labels,
+                           evaluated=["hate", "hate", "hate", "hate"])
+    assert (found["agreement_exported_merged"], found["flipped_rows"]) == (0.75, 1)
+    assert found["max_merged_margin_of_flips"] == pytest.approx(0.05)
+    assert found["score_abs_diff_max"] == pytest.approx(0.06) and found["agreement_merged_evaluate"] == 0.75
+    assert found["agreement_exported_evaluate"] == 0.5 and found["exported"]["accuracy"] == 0.75
+    nothing = verify.compare(None, merged, ["hate"] * 4, labels, evaluated=None)
+    assert nothing["agreement_exported_merged"] is None and nothing["agreement_merged_evaluate"] is None

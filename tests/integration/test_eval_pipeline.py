@@ -10,7 +10,7 @@ import pytest
 from integration.conftest import make_tiny_project, ran_stages, run  # tests/ is on sys.path
 
 ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "train", "evaluate", "evaluate_zeroshot",
-              "baseline", "report"}
+              "baseline", "report", "export"}
 
 
 @pytest.fixture
@@ -56,6 +56,12 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
     assert "Content warning" in (release / "README.md").read_text()
     peft_card = repo / "models/adapter/dynahate/README.md"  # peft writes a stub card; the train stage's output
     assert not peft_card.exists() or "Content warning" not in peft_card.read_text()  # ... stays untouched
+
+    # a base without a source GGUF (here a local folder) is exported as the merged Hugging Face model
+    exported = json.loads((repo / "metrics/export.json").read_text())
+    assert exported["format"] == "merged_hf" and exported["agreement_merged_evaluate"] is not None
+    assert (repo / "models/export/dynahate/merged/model.safetensors").is_file()
+    assert (repo / "models/export/dynahate/Modelfile").is_file()
 
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
     for path in ("metrics/train.json", "metrics/eval.json", "metrics/zeroshot.json", "metrics/baseline.json",
