@@ -45,6 +45,7 @@ def serve_forever(service: Service) -> None:
     try:
         server.run()  # returns on Ctrl-C / SIGTERM once the requests in flight are answered
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while stopping kills at once
         service.stop()
         print("hatetune: stopped", flush=True)
 
