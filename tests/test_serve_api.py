@@ -198,3 +198,14 @@ def test_metrics_in_prometheus_text_format(serve):
     assert families["hatetune_queue_texts"].samples[0].value == 0
     assert families["hatetune_model_info"].samples[0].labels["backend"] == "transformers"
     assert sum(s.value for s in families["hatetune_texts"].samples if s.name == "hatetune_texts_total") == 1
+
+
+def test_a_missing_adapter_is_one_clear_error_naming_the_key(tiny_model_dir, tmp_path, monkeypatch):
+    from hatetune.errors import HatetuneError
+    from hatetune.serve.backends import TransformersBackend
+
+    monkeypatch.chdir(tmp_path)
+    cfg = serve_config(tiny_model_dir, tmp_path / "no-adapter", tmp_path / "log.sqlite")
+    with pytest.raises(HatetuneError) as err:
+        TransformersBackend.load(cfg)
+    assert str(err.value).startswith(f"{tmp_path / 'no-adapter'}, field 'serve.adapter': no LoRA adapter here")
