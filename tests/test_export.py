@@ -161,7 +161,7 @@ def test_the_real_smollm2_shapes_round_trip(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(str(SMOL), gguf_file=SOURCE_GGUF.name, dtype=torch.float32)
     out = tmp_path / "smol.gguf"
-    info = gguf_file.write_gguf(model, SOURCE_GGUF, out, "Q8_0")
+    info = gguf_file.write_gguf(model, SOURCE_GGUF, out, "F16")  # any type: shapes are the point (F16 is quicker)
     assert info["hparam_changes"] == {} and info["tied"]
 
     def shapes(path):
