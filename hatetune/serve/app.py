@@ -161,9 +161,10 @@ def create_app(service: Service) -> Flask:
             texts = parse(service)
             results = service.label(texts)
             response = respond(results, time.perf_counter() - g.start)
-        except ApiError as err:
-            response = error_response(err, plain)
-            error = err.message
+        except Exception as err:  # a bug in a backend is a 500, but still answered and logged like the rest
+            failure = err if isinstance(err, ApiError) else ApiError(500, f"internal error ({type(err).__name__})")
+            response = error_response(failure, plain)
+            error = failure.message
         else:
             error = None
         service.record(endpoint, response.status_code, time.perf_counter() - g.start, texts or (), results, error)
