@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .errors import ConfigError
 from .io import write_json
 
 # The fields of codecarbon's EmissionsData kept in metrics/carbon/<stage>.json (units in the names).
@@ -20,6 +21,20 @@ FIELDS = {"duration": "duration_s", "energy_consumed": "energy_kwh", "emissions"
           "country_iso_code": "country_iso_code", "cpu_model": "cpu_model", "gpu_model": "gpu_model",
           "cpu_count": "cpu_count", "gpu_count": "gpu_count", "pue": "pue", "tracking_mode": "tracking_mode",
           "codecarbon_version": "codecarbon_version"}
+
+
+def check_country(country_iso_code: str) -> None:
+    """Fail naming `carbon.country_iso_code` unless codecarbon's energy-mix table has the country: codecarbon
+    itself falls back to the world average, silently, for a code it does not know."""
+    from codecarbon.input import DataSource
+
+    known = DataSource().get_global_energy_mix_data()
+    if country_iso_code not in known:
+        upper = str(country_iso_code).upper()
+        hint = f"; did you mean {upper!r}?" if upper in known else " (ISO 3166-1 alpha-3, e.g. USA, FRA, DEU)"
+        raise ConfigError(f"{country_iso_code!r} is not a country in codecarbon's table of {len(known)} energy "
+                          f"mixes, so emissions would silently use the world average{hint}",
+                          field="carbon.country_iso_code")
 
 
 @contextlib.contextmanager
@@ -35,6 +50,7 @@ def track_emissions(stage: str, country_iso_code: str, out_path: str | Path, ena
         return
     from codecarbon import OfflineEmissionsTracker
 
+    check_country(country_iso_code)
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     tracker = OfflineEmissionsTracker(country_iso_code=country_iso_code, project_name=f"hatetune-{stage}",
                                       save_to_file=False, log_level="error", allow_multiple_runs=True)

@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
+from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError, exit_on_error
-from .schema import validate
+from . import paths
+from .errors import ConfigError, HatetuneError, exit_on_error
+from .io import foreign_encoding, owner_only
+from .schema import Config, validate
 
 GROUPS = ("task", "model", "lora", "train", "eval", "carbon", "serve", "export", "experiment")
 PARAMS_FILE = "params.yaml"
@@ -61,18 +65,75 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+def is_string_key(key: str) -> bool:
+    """Whether the schema types the dotted `key` as a string (a sha256, a revision, a prompt)."""
+    node: Any = Config
+    for part in key.split("."):
+        if is_dataclass(node):
+            node = typing.get_type_hints(node).get(part)
+        elif typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]
+        else:
+            return False
+        args = typing.get_args(node)
+        if typing.get_origin(node) is typing.Union and type(None) in args:  # Optional[X] -> X
+            node = next(a for a in args if a is not type(None))
+    return node is str
+
+
+def keep_strings(overrides: Sequence[str]) -> list[str]:
+    """Quote the value of an override whose key is a string when YAML / Hydra would read it as something else:
+    an all-digit sha256 `0123…` is octal to YAML, `12e4…` a float, `1_2…` an integer."""
+    kept = []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if eq and is_string_key(key.lstrip("+~")) and not value.startswith(("'", '"')):
+            try:
+                parsed = OmegaConf.from_dotlist([f"v={value}"])["v"]
+            except OmegaConfBaseException:
+                parsed = value
+            if isinstance(parsed, (bool, int, float)):
+                item = f"{key}='{value}'"
+        kept.append(item)
+    return kept
+
+
+def read_params(params_file: Path) -> DictConfig:
+    """params.yaml (or --params FILE) as a config; YAML that does not parse fails naming the file and line."""
+    import yaml
+
+    if not params_file.exists():
+        raise ConfigError(f"{params_file} not found: run `make params` (python -m hatetune.config compose)")
+    try:
+        cfg = OmegaConf.load(params_file)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        mark = getattr(err, "problem_mark", None)
+        if "<stream end>" in problem and getattr(err, "context_mark", None):  # an unclosed bracket: where it opened
+            mark = err.context_mark
+        context = f"{err.context}: " if getattr(err, "context", None) else ""
+        raise HatetuneError(f"not valid YAML ({context}{problem})", file=str(params_file),
+                            row=mark.line + 1 if mark else None) from None
+    except UnicodeDecodeError:
+        encoding = foreign_encoding(params_file.read_bytes()) or "not UTF-8"
+        raise HatetuneError(f"the file is {encoding}: re-save it as UTF-8", file=str(params_file)) from None
+    except IsADirectoryError:
+        raise HatetuneError("a folder, not a YAML file", file=str(params_file)) from None
+    if not isinstance(cfg, DictConfig):
+        raise HatetuneError("expected a mapping of config keys (key: value) at the top level",
+                            file=str(params_file), row=1)
+    return cfg
+
+
 def load(overrides: Sequence[str] = (), params_file: str | Path = PARAMS_FILE) -> DictConfig:
     """The validated config of a stage: params.yaml plus `key=value` overrides.
 
     A group choice (`task=mhs`, `+experiment=...`) recomposes from conf/ instead, with all the overrides.
     """
-    overrides = list(overrides)
+    overrides = keep_strings(overrides)
     if any(o.lstrip("+~").split("=", 1)[0] in GROUPS for o in overrides):
         return validate(compose(overrides))
-    params_file = Path(params_file)
-    if not params_file.exists():
-        raise ConfigError(f"{params_file} not found: run `make params` (python -m hatetune.config compose)")
-    cfg = OmegaConf.load(params_file)
+    cfg = read_params(Path(params_file))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -91,6 +152,7 @@ def stage_config(doc: str, stage: str, argv: Optional[Sequence[str]] = None) -> 
     Returns the stage's view of the validated config (`stage_view`): the params that the dvc.yaml entry of
     `stage` declares, plus the keys overridden on the command line. Under DVC the stage is the one DVC runs
     ($DVC_STAGE: `evaluate_zeroshot` runs the evaluate script); by hand, the script's own.
+    With `privacy.owner_only` (which every stage therefore declares) the stage creates its files owner-only.
     """
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Overrides use Hydra syntax: key=value (e.g. lora.r=16), or a group "
@@ -100,10 +162,12 @@ def stage_config(doc: str, stage: str, argv: Optional[Sequence[str]] = None) -> 
     args = parser.parse_args(argv)
     cfg = load(args.overrides, args.params)
     declared = declared_params(os.environ.get("DVC_STAGE") or stage, Path(args.params).resolve().parent / DVC_FILE)
-    if declared is None:  # outside a DVC project (e.g. an installed package): nothing to keep in sync
-        return cfg
-    overridden = [o.lstrip("+~").split("=", 1)[0] for o in args.overrides if "=" in o]
-    return stage_view(cfg, [*declared, *(k for k in overridden if k not in GROUPS)])
+    if declared is not None:  # else outside a DVC project (e.g. an installed package): nothing to keep in sync
+        overridden = [o.lstrip("+~").split("=", 1)[0] for o in args.overrides if "=" in o]
+        cfg = stage_view(cfg, [*declared, *(k for k in overridden if k not in GROUPS)])
+    if cfg.privacy.owner_only:
+        owner_only(paths.PRIVATE_DIRS)
+    return cfg
 
 
 def declared_params(stage: str, dvc_file: Path) -> Optional[list[str]]:
@@ -167,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"wrote {args.output}")
         return 0
     composed = OmegaConf.to_container(compose(), resolve=True)
-    current = OmegaConf.to_container(OmegaConf.load(args.params), resolve=True)
+    current = OmegaConf.to_container(read_params(Path(args.params)), resolve=True)
     if composed != current:
         print(f"{args.params} differs from the composition of conf/: run `make params`", file=sys.stderr)
         return 1

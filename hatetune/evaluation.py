@@ -17,7 +17,7 @@ from . import metrics as M
 from . import paths
 from .errors import HatetuneError
 from .io import atomic_path, read_jsonl, write_json, write_jsonl
-from .plots import plot_confusion
+from .plots import plot_confusion, plot_pr_curves, plot_reliability
 
 
 def output_base(cfg) -> Path:
@@ -38,9 +38,11 @@ def carbon_stage(cfg) -> Optional[str]:
 
 def eval_files(cfg) -> Dict[str, Path]:
     """{set name: Alpaca JSONL}: eval.data alone when given, else data/processed/<task>/<split>.jsonl."""
-    if cfg.eval.data:
-        return {Path(cfg.eval.data).stem: Path(cfg.eval.data)}
-    return {split: paths.split_file(cfg.task.name, split) for split in cfg.eval.splits}
+    files = {split: paths.split_file(cfg.task.name, split) for split in cfg.eval.splits}
+    if cfg.eval.data:  # alone, or with the dev split its decision threshold is fitted on
+        dev = {"dev": files["dev"]} if cfg.eval.calibration.method == "threshold" else {}
+        return {**dev, Path(cfg.eval.data).stem: Path(cfg.eval.data)}
+    return files
 
 
 def load_rows(path: Path, labels: Sequence[str]) -> tuple[List[dict], List[str]]:
@@ -98,8 +100,10 @@ def confusion_csv(records: Sequence[Mapping]) -> str:
     return buf.getvalue()
 
 
-def write_results(base: Path, results: Mapping[str, dict], run_info: Mapping, title: str) -> None:
-    """`<base>.json` and the `<base>/` folder, each written atomically (complete or not at all)."""
+def write_results(base: Path, results: Mapping[str, dict], run_info: Mapping, title: str,
+                  calibration: Optional[Mapping] = None) -> None:
+    """`<base>.json` and the `<base>/` folder, each written atomically (complete or not at all); with a fitted
+    `calibration` (hatetune.calibration.summarise) also its calibration.json and PR / reliability plots."""
     base = Path(base)
     with atomic_path(base) as tmp:
         tmp.mkdir(parents=True)
@@ -112,6 +116,11 @@ def write_results(base: Path, results: Mapping[str, dict], run_info: Mapping, ti
             names, counts = result["confusion"]
             plot_confusion(names, counts, folder / "confusion.png", f"{title} ({name})")
         write_json(tmp / "run.json", dict(run_info))
+        if calibration is not None:
+            write_json(paths.calibration_file(tmp), calibration["rule"])
+            plot_pr_curves({name: (c["precision"], c["recall"]) for name, c in calibration["pr_curves"].items()},
+                           tmp / paths.PR_CURVE_FILE, chosen=calibration["chosen_point"])
+            plot_reliability(calibration["reliability"], tmp / paths.RELIABILITY_FILE)
     write_json(paths.results_json(base), {name: r["metrics"] for name, r in results.items()})
 
 

@@ -1,17 +1,15 @@
-"""The canonical table: raw upstream records -> one row per example with columns id, text, label, split, group.
+"""The canonical table: raw upstream records (`hatetune.records`) -> one row per example with columns id, text,
+label, split, group.
 
-- reading: CSV/TSV/parquet files into records that remember their file and row (1-based, header = row 1), so
-  every complaint about the data names the file, the row and the column;
+- checks: every id and text present, no NUL byte, ids unique, one text per comment (errors name file, row, column);
 - labels: an upstream label mapped through `task.labels.map` (DynaHate) or a score binned (MHS);
-- splits: the upstream split column, or a seeded split grouped so linked rows stay together and stratified by
-  label, or seed C's leaky row-level sampling (`legacy_row_split`, for parity only);
+- splits (`hatetune.splits`): the upstream split column, or a seeded split grouped so linked rows stay together
+  and stratified by label, or seed C's leaky row-level sampling (`legacy_row_split`, for parity only); then
+  checked: an empty split or a label missing from train is an error, what a user may mean a warning;
 - `stratified_sample`: the seeded per-split subsample the convert stage takes for CPU runs.
 """
 from __future__ import annotations
 
-import codecs
-import csv
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -22,98 +20,12 @@ import pandas as pd
 from .errors import ConfigError, HatetuneError
 from .io import atomic_path, write_json
 from .paths import LABELS_FILE, SPLIT_FILE, SPLITS
+from .records import FILE, ROW, fail
+from .splits import check_splits, grouped_split, legacy_row_split
 
 CANONICAL_COLUMNS = ["id", "text", "label", "split", "group"]
 # Score bins of the Measuring Hate Speech card, from low to high score.
 SUPPORTIVE, NEUTRAL, HATE = "Supportive", "Neutral", "Hate"
-FILE, ROW = "_file", "_row"  # where each record came from
-_NOT_UTF8 = re.compile("[\udc80-\udcff]+")  # what undecodable bytes become under surrogateescape
-
-
-# ------------------------------------------------------------------------------------------------ reading
-def read_records(path: str | Path) -> pd.DataFrame:
-    """One data file as a DataFrame of its columns plus `_file` and `_row` (header = row 1)."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise HatetuneError("the file is empty (expected a header row)", file=str(path), row=1)
-    if path.suffix.lower() == ".parquet":
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises many types
-            raise HatetuneError(f"not a readable parquet file ({err.__class__.__name__}: {err})",
-                                file=str(path)) from None
-        rows = np.arange(2, len(frame) + 2)  # as a spreadsheet shows it: header = row 1
-    else:
-        frame, rows = _read_delimited(path, "\t" if path.suffix.lower() == ".tsv" else ",")
-    if frame.empty:
-        raise HatetuneError("the file has a header but no data rows", file=str(path), row=2)
-    frame[FILE] = str(path)
-    frame[ROW] = rows
-    return frame
-
-
-def _read_delimited(path: Path, delimiter: str) -> tuple[pd.DataFrame, list[int]]:
-    """A CSV read with the csv module: exact line numbers (quoted fields may span lines), every cell a string
-    (no NA guessing: a post reading "NA" stays "NA"), and undecodable bytes located to a row and column."""
-    raw = path.read_bytes()
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
-    if not raw.strip():
-        raise HatetuneError("the file is empty (expected a header row)", file=str(path), row=1)
-    try:
-        text, valid_utf8 = raw.decode("utf-8"), True
-    except UnicodeDecodeError:
-        text, valid_utf8 = raw.decode("utf-8", errors="surrogateescape"), False
-    # split on "\n" only, so line numbers agree with `sed -n` and editors
-    reader = csv.reader((line + "\n" for line in text.split("\n")), delimiter=delimiter)
-    records, lines = [], []
-    try:
-        header = next(reader)
-        start = reader.line_num + 1
-        for fields in reader:
-            if fields:  # a blank line holds no record
-                if len(fields) != len(header):
-                    raise HatetuneError(f"has {len(fields)} fields but the header has {len(header)}",
-                                        file=str(path), row=start)
-                records.append(fields)
-                lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error as err:
-        raise HatetuneError(f"malformed CSV ({err})", file=str(path), row=reader.line_num) from None
-    if not valid_utf8:
-        for line, fields in [(1, header)] + list(zip(lines, records)):
-            for name, value in zip(header, fields):
-                bad = _NOT_UTF8.search(value)
-                if bad:
-                    raw_bytes = bad.group().encode("utf-8", errors="surrogateescape")
-                    raise HatetuneError(f"not valid UTF-8 (bytes {raw_bytes!r}); re-save the file as UTF-8",
-                                        file=str(path), row=line, field=name)
-    return pd.DataFrame(records, columns=header, dtype=object), lines
-
-
-def read_raw_dir(raw_dir: str | Path, required: Sequence[str]) -> pd.DataFrame:
-    """All data files of a download (in manifest order), each checked for the `required` columns."""
-    from .sources import read_manifest
-
-    raw_dir = Path(raw_dir)
-    files = [raw_dir / entry["path"] for entry in read_manifest(raw_dir)["files"]]
-    if not files:
-        raise HatetuneError("the download manifest lists no data files", file=str(raw_dir / "manifest.json"))
-    frames = []
-    for path in files:
-        frame = read_records(path)
-        missing = [c for c in required if c not in frame.columns]
-        if missing:
-            raise HatetuneError(f"missing required column(s) {', '.join(missing)} (has: "
-                                f"{', '.join(c for c in frame.columns if c not in (FILE, ROW))})",
-                                file=str(path), row=1, field=missing[0])
-        frames.append(frame[list(dict.fromkeys([*required, FILE, ROW]))])
-    return pd.concat(frames, ignore_index=True)
-
-
-def _fail(records: pd.DataFrame, position: int, column: str, message: str):
-    raise HatetuneError(message, file=records[FILE].iat[position], row=int(records[ROW].iat[position]),
-                        field=column)
 
 
 # --------------------------------------------------------------------------------------------- checking
@@ -124,7 +36,13 @@ def _as_text(records: pd.DataFrame, column: str, what: str) -> pd.Series:
     blank = text.str.strip() == ""
     if blank.any():
         position = int(np.flatnonzero(blank.to_numpy())[0])
-        _fail(records, position, column, f"{what} is empty or whitespace only")
+        fail(records, position, column, f"{what} is empty or whitespace only")
+    # Rejected, not stripped: a NUL byte is no character of a post but a sign of a corrupt or binary file
+    nul = text.str.contains("\x00", regex=False)
+    if nul.any():
+        position = int(np.flatnonzero(nul.to_numpy())[0])
+        fail(records, position, column, f"{what} contains a NUL byte (\\x00, at character "
+                                        f"{text.iat[position].index(chr(0)) + 1}): a corrupt file? remove it")
     return text
 
 
@@ -137,7 +55,7 @@ def _check_unique(records: pd.DataFrame, keys: Sequence[str]) -> None:
         position = int(np.flatnonzero(dup.to_numpy())[0])
         first = int(np.flatnonzero((key == key.iat[position]).to_numpy())[0])
         shown = ", ".join(f"{k}={records[k].iat[position]}" for k in keys)
-        _fail(records, position, keys[-1], f"duplicate {shown} (first in {records[FILE].iat[first]}, row "
+        fail(records, position, keys[-1], f"duplicate {shown} (first in {records[FILE].iat[first]}, row "
                                            f"{int(records[ROW].iat[first])})")
 
 
@@ -147,7 +65,7 @@ def numeric_scores(records: pd.DataFrame, column: str) -> pd.Series:
     bad = values.isna() | ~np.isfinite(values)
     if bad.any():
         position = int(np.flatnonzero(bad.to_numpy())[0])
-        _fail(records, position, column, f"score {records[column].iat[position]!r} is not a number")
+        fail(records, position, column, f"score {records[column].iat[position]!r} is not a number")
     return values
 
 
@@ -165,7 +83,7 @@ def map_labels(records: pd.DataFrame, column: str, mapping: Mapping[str, str]) -
     unknown = ~raw.isin(list(mapping))
     if unknown.any():
         position = int(np.flatnonzero(unknown.to_numpy())[0])
-        _fail(records, position, column, f"label {raw.iat[position]!r} is not in the label set "
+        fail(records, position, column, f"label {raw.iat[position]!r} is not in the label set "
                                          f"({', '.join(mapping)})")
     return raw.map(dict(mapping))
 
@@ -198,37 +116,6 @@ def linked_groups(ids: Sequence[str], links: Sequence[Optional[str]]) -> list[st
 
 
 # ---------------------------------------------------------------------------------------------- splits
-def quota_sequence(n: int, fractions: Mapping[str, float]) -> list[str]:
-    """n split names in proportion to `fractions`, interleaved (each next item goes to the split furthest below
-    its quota): any run of consecutive items is split in close to the right proportions."""
-    names = [s for s in SPLITS if s in fractions]
-    counts = dict.fromkeys(names, 0)
-    out = []
-    for i in range(1, n + 1):
-        name = max(names, key=lambda s: fractions[s] * i - counts[s])
-        counts[name] += 1
-        out.append(name)
-    return out
-
-
-def grouped_split(groups: Sequence[str], labels: Sequence[str], fractions: Mapping[str, float],
-                  seed: int) -> np.ndarray:
-    """A split per row, seeded: rows sharing a group stay in one split, groups stratified by their labels.
-
-    Groups are shuffled within each stratum (the set of labels in the group), strata are laid end to end, and
-    the interleaved quota sequence deals them out, so every stratum is split in the `fractions` proportions.
-    """
-    frame = pd.DataFrame({"group": list(map(str, groups)), "label": list(map(str, labels))})
-    strata = (frame.drop_duplicates().sort_values(["group", "label"])
-              .groupby("group", sort=True)["label"].agg("|".join))
-    rng = np.random.default_rng(seed)
-    ordered = []
-    for stratum in sorted(strata.unique()):
-        ordered.extend(rng.permutation(strata.index[strata == stratum].to_numpy()))
-    assignment = dict(zip(ordered, quota_sequence(len(ordered), fractions)))
-    return frame["group"].map(assignment).to_numpy()
-
-
 @dataclass
 class LabelledTable:
     """The canonical table and what was done to make it (for split.json and metrics/data.json)."""
@@ -259,19 +146,6 @@ def _assign_splits(result: LabelledTable, upstream: Optional[pd.Series], split_c
             f"comparable with the published ones")
 
 
-def legacy_row_split(table: pd.DataFrame, rows: int, test_size: float, seed: int) -> pd.DataFrame:
-    """Seed C's sampling: `rows` random annotation ROWS, then train_test_split(test_size). The same comment
-    lands in train and test (a leak): for parity with the published numbers only."""
-    from sklearn.model_selection import train_test_split
-
-    sample = table.sample(n=min(rows, len(table)), random_state=seed)
-    train_index, test_index = train_test_split(sample.index.to_numpy(), test_size=test_size, random_state=seed)
-    sample["split"] = ""
-    sample.loc[train_index, "split"] = "train"
-    sample.loc[test_index, "split"] = "test"
-    return sample.sort_index()
-
-
 # ----------------------------------------------------------------------------------------------- tables
 def required_columns(task: Mapping[str, Any]) -> list[str]:
     cols, binning = task["columns"], task["labels"].get("binning")
@@ -293,13 +167,22 @@ def canonical_table(records: pd.DataFrame, task: Mapping[str, Any], seed: int) -
         bad = ~upstream.isin(SPLITS)
         if bad.any():
             position = int(np.flatnonzero(bad.to_numpy())[0])
-            _fail(records, position, cols["split"], f"split {upstream.iat[position]!r} is not one of "
+            fail(records, position, cols["split"], f"split {upstream.iat[position]!r} is not one of "
                                                     f"{', '.join(SPLITS)}")
 
     if labels_cfg.get("binning"):
-        return _binned_table(records, ids, text, task, seed)
+        result = _binned_table(records, ids, text, task, seed)
+    else:
+        result = _mapped_table(records, ids, text, upstream, task, seed)
+    result.warnings += check_splits(result.table, labels_cfg["names"], split_cfg, result.notes["strategy"])
+    return result
 
-    labels = map_labels(records, cols["label"], labels_cfg["map"])
+
+def _mapped_table(records: pd.DataFrame, ids: pd.Series, text: pd.Series, upstream: Optional[pd.Series],
+                  task: Mapping[str, Any], seed: int) -> LabelledTable:
+    """DynaHate: one row per example, the upstream label mapped; linked rows grouped for splitting."""
+    cols, split_cfg = task["columns"], task["split"]
+    labels = map_labels(records, cols["label"], task["labels"]["map"])
     links = records[cols["linked_id"]].map(_link) if cols.get("linked_id") else [""] * len(records)
     table = pd.DataFrame({"id": ids.to_numpy(), "text": text.to_numpy(), "label": labels.to_numpy(), "split": "",
                           "group": linked_groups(list(ids), list(links))})
@@ -314,6 +197,21 @@ def canonical_table(records: pd.DataFrame, task: Mapping[str, Any], seed: int) -
     return result
 
 
+def _check_one_text_per_id(records: pd.DataFrame, rows: pd.DataFrame, cols: Mapping[str, Any]) -> None:
+    """The annotations of one comment share its text; two texts under one id are two posts mixed up (keeping
+    either would label one post with the other's scores)."""
+    texts = rows.groupby("id", sort=False)["text"].nunique()
+    if not (texts > 1).any():
+        return
+    positions = np.flatnonzero((rows["id"] == texts.index[texts > 1][0]).to_numpy())
+    first = positions[0]
+    other = next(p for p in positions if rows["text"].iat[p] != rows["text"].iat[first])
+    where = f"row {int(records[ROW].iat[first])}" + (f" of {records[FILE].iat[first]}" if
+                                                     records[FILE].iat[first] != records[FILE].iat[other] else "")
+    fail(records, other, cols["text"], f"{cols['id']} {rows['id'].iat[other]} has another text here than in "
+                                       f"{where}: one id, two posts")
+
+
 def _binned_table(records: pd.DataFrame, ids: pd.Series, text: pd.Series, task: Mapping[str, Any],
                   seed: int) -> LabelledTable:
     """MHS: one row per annotation; the score should be a property of the comment. Check that, take the mean
@@ -325,6 +223,7 @@ def _binned_table(records: pd.DataFrame, ids: pd.Series, text: pd.Series, task: 
     scores = numeric_scores(records, binning["score_column"])
     bins = (binning["supportive_below"], binning["hate_above"])
     rows = pd.DataFrame({"id": ids.to_numpy(), "text": text.to_numpy(), "score": scores.to_numpy()})
+    _check_one_text_per_id(records, rows, cols)
     result = LabelledTable(pd.DataFrame())
 
     if split_cfg["strategy"] == "legacy_row_split":

@@ -16,7 +16,9 @@ stay in the Hub cache, never in the DVC cache). Both carry `hatetune_source.json
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -27,6 +29,22 @@ SOURCE_FILE = "hatetune_source.json"
 # What a Hub snapshot needs for loading: weights as safetensors only (never pickles), configs, tokenizer files.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+_WARNED_REMOTE_CODE: set = set()  # models this process has warned about
+
+
+def trust_remote_code(model_cfg) -> bool:
+    """`model.trust_remote_code`, the one place every model loader reads it: when true, warn loudly, once per
+    process (one stage; rank 0 of a multi-process run), naming the model and its pinned revision."""
+    if not model_cfg.trust_remote_code:
+        return False
+    if model_cfg.name not in _WARNED_REMOTE_CODE and os.environ.get("RANK", "0") == "0":
+        _WARNED_REMOTE_CODE.add(model_cfg.name)
+        where = f"the local folder {model_cfg.path}" if model_cfg.get("path") else \
+            f"{model_cfg.hub_id} at revision {model_cfg.revision}"
+        print(f"WARNING: model.trust_remote_code=true: loading {model_cfg.name} ({where}) runs the Python code "
+              "shipped with the model on this machine, with your permissions. Enable it only for a pinned revision "
+              "whose code you have read.", file=sys.stderr)
+    return True
 
 
 # ------------------------------------------------------------------------------------------- resolution

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .chat_templates import TEMPLATES
 from .errors import HatetuneError
-from .model_sources import SOURCE_FILE
+from .model_sources import SOURCE_FILE, trust_remote_code
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
           "float32": "float32", "fp32": "float32", "uint8": "uint8"}
@@ -53,7 +53,7 @@ def load_tokenizer(model_dir: str | Path, model_cfg=None, padding_side: str = "l
         name, revision = str(model_dir), None
     else:  # a pointer to the Hub cache or a local folder
         name, revision = model_source(model_dir)
-    trust = bool(model_cfg.trust_remote_code) if model_cfg is not None else False
+    trust = trust_remote_code(model_cfg) if model_cfg is not None else False
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust)
     template = model_cfg.get("chat_template") if model_cfg is not None else None
     if template:
@@ -90,7 +90,7 @@ def load_model(model_cfg, model_dir: str | Path, quantize: bool = True, adapter_
 
     name, revision = model_source(model_dir)
     four_bit = bool(quantize and model_cfg.quantization.load_in_4bit)
-    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": bool(model_cfg.trust_remote_code),
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code(model_cfg),
                               "use_safetensors": True}
     if four_bit:
         kwargs["quantization_config"] = quantization_config(model_cfg)

@@ -14,6 +14,9 @@ METRICS = Path("metrics")
 LOGS = Path("logs")
 SPLITS = ("train", "dev", "test")
 LABELS_FILE, SPLIT_FILE = "labels.csv", "split.json"  # the labels stage's files in interim_dir
+DVC_CACHE = Path(".dvc") / "cache"  # DVC's copies of every cached output (posts included)
+# Folders holding posts, annotator ids or models trained on them: owner-only under privacy.owner_only.
+PRIVATE_DIRS = (DATA, MODELS, DVC_CACHE)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -95,6 +98,8 @@ EXPORT_METRICS = METRICS / "export.json"
 EVAL, ZEROSHOT, BASELINE = "eval", "zeroshot", "baseline"
 # The files of one evaluated split, in <results base>/<split>/.
 PREDICTIONS_FILE, CONFUSION_FILE = "predictions.jsonl", "confusion.csv"
+# A calibrated run's decision-rule plots, in <results base>/.
+PR_CURVE_FILE, RELIABILITY_FILE = "pr_curve.png", "reliability.png"
 
 
 def results_base(name: str) -> Path:
@@ -105,6 +110,11 @@ def results_base(name: str) -> Path:
 def external_results_base(data_file: str | Path) -> Path:
     """Results of scoring a hand-picked Alpaca JSONL (`eval.data`)."""
     return METRICS / "external" / Path(data_file).stem
+
+
+def calibration_file(base: str | Path) -> Path:
+    """The decision rule fitted on dev by an evaluation run (read by the service too)."""
+    return Path(base) / "calibration.json"
 
 
 def results_json(base: str | Path) -> Path:

@@ -89,3 +89,44 @@ def plot_loss_curves(curves: Mapping[str, tuple], path: str | Path) -> bool:
     fig.tight_layout()
     _save(fig, Path(path))
     return True
+
+
+def plot_pr_curves(curves: Mapping[str, tuple], path: str | Path, chosen: tuple | None = None) -> None:
+    """Precision-recall curves of P(positive) ({name: (precision, recall)}); `chosen`: (recall, precision) of the
+    operating point picked on dev, marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, (precision, recall) in curves.items():
+        ax.plot(recall, precision, label=name)
+    if chosen is not None:
+        ax.plot([chosen[0]], [chosen[1]], "o", color="black", label="chosen threshold (dev)")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall of the positive label")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_reliability(diagrams: Mapping[str, Mapping], path: str | Path) -> None:
+    """Reliability diagrams ({name: calibration.reliability(...)}): observed frequency against mean predicted
+    probability per bin; the diagonal is perfect calibration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for name, diagram in diagrams.items():
+        bins = diagram["bins"]
+        ax.plot([b["mean_p"] for b in bins], [b["frequency"] for b in bins], marker="o", markersize=3,
+                label=f"{name} (ECE {diagram['ece']:.3f})")
+    ax.set_xlabel("predicted probability of the positive label")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("Reliability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    _save(fig, Path(path))

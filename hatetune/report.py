@@ -149,6 +149,25 @@ def split_sizes_table(data: Optional[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def decision_rule_section(calibrations: Mapping[str, Optional[Mapping]], dev_systems: Mapping) -> list[str]:
+    """How score mode decided: each system's threshold and temperature fitted on dev, and its dev results."""
+    fitted = {name: rule for name, rule in calibrations.items() if rule}
+    if not fitted:
+        return []
+    lines = ["### Decision rule (score mode)", "",
+             "Each label's log-likelihood (answer + EOS) becomes a probability (softmax at a temperature fitted on the "
+             "dev split); the positive label wins when its probability reaches a threshold chosen on dev "
+             f"({next(iter(fitted.values()))['objective'].replace('_', '-')}). The same rule labels the test split and "
+             "the service's requests (`calibration.json` beside each system's results).", "",
+             "| system | threshold on P(positive) | temperature | dev macro-F1 at the threshold |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | P({rule['positive']}) >= {rule['threshold']:.4f} | {rule['temperature']:g} | "
+              f"{rule['dev']['macro_f1']:.4f} |" for name, rule in fitted.items()]
+    if any(dev_systems.values()):
+        lines += ["", "Dev split (where the thresholds were fitted, and recipes are compared):", "",
+                  results_table(dev_systems)]
+    return lines + [""]
+
+
 def build_report(cfg, facts: Mapping, plots: Sequence[str]) -> str:
     """metrics/report.md: results of the three systems, training summary, energy and emissions, plots."""
     split, systems, train, data = facts["split"], facts["systems"], facts["train"], facts["data"]
@@ -161,6 +180,7 @@ def build_report(cfg, facts: Mapping, plots: Sequence[str]) -> str:
            f"(`{cfg.task.parser}`); an unparseable answer is `{invalid_name(cfg)}` and counts as wrong.", ""]
     out += [f"> Note: {w}" for w in warnings] + ([""] if warnings else [])
     out += ["## Results", "", results_table(systems), "",
+            *decision_rule_section(facts.get("calibrations") or {}, facts.get("dev_systems") or {}),
             "macro-F1 (real labels): averaged over the task's labels (seed B's `labels=`). "
             "macro-F1 (invalid averaged in): scikit-learn's default label set, so `invalid` (F1 0) joins the "
             "average whenever it was predicted — seed C's published convention.", "",
@@ -199,9 +219,10 @@ def gather(cfg) -> dict:
     """Everything the report and the model card show, read from the other stages' outputs."""
     from . import carbon
 
-    split = cfg.eval.splits[0] if cfg.eval.splits else "test"
+    split = "test" if "test" in cfg.eval.splits else cfg.eval.splits[-1]  # dev, when listed, is for fitting
     labels = list(cfg.task.labels.names)
-    systems = {name: (read_json(paths.results_json(paths.results_base(key))) or {}).get(split) for name, key in SYSTEMS}
+    results = {name: read_json(paths.results_json(paths.results_base(key))) or {} for name, key in SYSTEMS}
+    systems = {name: r.get(split) for name, r in results.items()}
     measurements = carbon.read_stage_measurements(paths.CARBON_DIR)
     measured = measured_totals(measurements)
     return {
@@ -212,6 +233,11 @@ def gather(cfg) -> dict:
         "estimate": carbon.estimate_from_config(cfg.carbon, measured["duration_s"] / 3600),
         "data_source": read_json(paths.data_source_file(cfg.task.name)),
         "base_source": read_json(paths.base_source_file(cfg.model.name)),
+        "dev_systems": {name: r.get("dev") for name, r in results.items()} if split != "dev" else {},
+        "calibrations": {name: read_json(paths.calibration_file(paths.results_base(key)))
+                         for name, key in SYSTEMS if key != paths.BASELINE},
+        "calibration_plots": [str(p) for p in (paths.results_base(paths.EVAL) / name for name in
+                                               (paths.PR_CURVE_FILE, paths.RELIABILITY_FILE)) if p.is_file()],
     }
 
 

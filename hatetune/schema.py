@@ -5,6 +5,8 @@ cannot express (ranges, choices, combinations).
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -18,6 +20,7 @@ TASKS = ("dynahate", "mhs")
 PARSERS = ("dynahate_regex", "mhs_substring")
 SERVE_BACKENDS = ("transformers", "ollama", "openai")
 EXPORT_QTYPES = ("Q8_0", "F16", "F32")
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -135,6 +138,7 @@ class TrainConf:
     precision: str = "bf16"
     gradient_checkpointing: bool = False
     group_by_length: bool = True
+    packing: str = "none"  # none: padded batches; shared_prefix: a batch as one row, its common prefix once
     loss_on: str = "completion"
     logging_steps: int = 5
     save_steps: int = 20
@@ -154,12 +158,22 @@ class BaselineConf:
 
 
 @dataclass
+class CalibrationConf:
+    """The decision rule of score mode, fitted on the dev split (hatetune.calibration)."""
+    method: str = "threshold"  # threshold | none (plain argmax of the label likelihoods)
+    positive: Optional[str] = None  # the label the threshold is on; null: the task's first label
+    objective: str = "macro_f1"  # macro_f1 | precision (the lowest threshold reaching target_precision)
+    target_precision: float = 0.9
+    temperature: bool = True  # fit a temperature on dev so the probabilities are calibrated
+
+
+@dataclass
 class EvalConf:
     mode: str = "greedy"  # greedy | score
     score_method: str = "full"  # full: log-likelihood of every label token + EOS; first_token: the shortcut
     max_new_tokens: int = 4
     batch_size: int = 16
-    splits: List[str] = field(default_factory=lambda: ["test"])
+    splits: List[str] = field(default_factory=lambda: ["dev", "test"])
     unquantized_base: bool = False
     adapter: bool = True  # false: the base model alone (the evaluate_zeroshot stage)
     adapter_dir: Optional[str] = None  # null: the train stage's models/adapter/<task>
@@ -168,6 +182,7 @@ class EvalConf:
     prefix_cache: bool = True
     agreement: bool = True  # also compute the other mode's labels: greedy/score agreement
     baseline: BaselineConf = field(default_factory=BaselineConf)
+    calibration: CalibrationConf = field(default_factory=CalibrationConf)
 
 
 @dataclass
@@ -226,6 +241,11 @@ class ExportConf:
 
 
 @dataclass
+class PrivacyConf:
+    owner_only: bool = True  # data/, models/, the DVC cache and every file a stage writes: owner-only
+
+
+@dataclass
 class Config:
     seed: int = 42
     download: DownloadConf = field(default_factory=DownloadConf)
@@ -238,12 +258,22 @@ class Config:
     carbon: CarbonConf = field(default_factory=CarbonConf)
     serve: ServeConf = field(default_factory=ServeConf)
     export: ExportConf = field(default_factory=ExportConf)
+    privacy: PrivacyConf = field(default_factory=PrivacyConf)
 
 
 # -------------------------------------------------------------------------------------------- validation
 def _one_of(key: str, value, allowed: Sequence) -> None:
     if value not in allowed:
         raise ConfigError(f"{value!r} is not one of {', '.join(map(str, allowed))}", field=key)
+
+
+def _finite_numbers(node, key: str = "") -> None:
+    """NaN or infinity anywhere is an error: every comparison with NaN is false, so no range check catches it."""
+    if isinstance(node, (dict, list)):
+        for name, value in (node.items() if isinstance(node, dict) else enumerate(node)):
+            _finite_numbers(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"must be a finite number, got {node}", field=key)
 
 
 def _positive(key: str, value, allow_zero: bool = False) -> None:
@@ -253,6 +283,9 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
 
 def _check_rules(cfg: DictConfig) -> None:
     """Rules a type cannot express. Each failure names the key."""
+    _finite_numbers(OmegaConf.to_container(cfg))
+    if not 0 <= cfg.seed < 2 ** 32:
+        raise ConfigError(f"must be in [0, 2^32), got {cfg.seed}", field="seed")
     task = cfg.task
     _one_of("task.name", task.name, TASKS)
     _one_of("task.source.kind", task.source.kind, ("https", "hub", "local"))
@@ -261,6 +294,9 @@ def _check_rules(cfg: DictConfig) -> None:
         raise ConfigError(f"a {task.source.kind} source needs task.source.{needs}", field=f"task.source.{needs}")
     if task.source.kind == "hub" and not task.source.revision:
         raise ConfigError("pin a Hub dataset to a revision (commit sha or tag)", field="task.source.revision")
+    if task.source.sha256 is not None and not SHA256.fullmatch(task.source.sha256):
+        raise ConfigError(f"{task.source.sha256!r} is not a sha256 (64 hexadecimal characters; quote an all-digit "
+                          "one in YAML)", field="task.source.sha256")
     if not task.labels.names:
         raise ConfigError("the label set is empty", field="task.labels.names")
     if task.labels.binning is not None:
@@ -284,6 +320,9 @@ def _check_rules(cfg: DictConfig) -> None:
     for name, frac in split.fractions.items():
         if not 0 <= frac < 1:
             raise ConfigError(f"must be in [0, 1), got {frac}", field=f"task.split.fractions.{name}")
+    if split.fractions["train"] == 0:
+        raise ConfigError("must be > 0: a model cannot learn from an empty train split",
+                          field="task.split.fractions.train")
     if abs(sum(split.fractions.values()) - 1) > 1e-6:
         raise ConfigError(f"must sum to 1, got {sum(split.fractions.values()):g}", field="task.split.fractions")
     if split.strategy == "legacy_row_split":
@@ -348,10 +387,24 @@ def _check_rules(cfg: DictConfig) -> None:
     _one_of("train.scheduler", tr.scheduler, ("linear", "cosine", "constant", "constant_with_warmup"))
     _one_of("train.precision", tr.precision, ("bf16", "fp16", "fp32"))
     _one_of("train.loss_on", tr.loss_on, ("completion", "all"))
+    _one_of("train.packing", tr.packing, ("none", "shared_prefix"))
     _one_of("train.optimizer", tr.optimizer, ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit",
                                               "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"))
     _one_of("eval.mode", cfg.eval.mode, ("greedy", "score"))
     _one_of("eval.score_method", cfg.eval.score_method, ("full", "first_token"))
+    cal = cfg.eval.calibration
+    _one_of("eval.calibration.method", cal.method, ("none", "threshold"))
+    _one_of("eval.calibration.objective", cal.objective, ("macro_f1", "precision"))
+    if not 0 < cal.target_precision <= 1:
+        raise ConfigError(f"must be in (0, 1], got {cal.target_precision}", field="eval.calibration.target_precision")
+    if cal.positive is not None:
+        _one_of("eval.calibration.positive", cal.positive, list(task.labels.names))
+    if cal.method == "threshold" and "dev" not in cfg.eval.splits:
+        raise ConfigError("the decision threshold is fitted on the dev split: keep dev in eval.splits",
+                          field="eval.splits")
+    if cal.method == "threshold" and cfg.eval.mode != "score":
+        raise ConfigError("a decision threshold applies to label scores: set eval.mode=score (or "
+                          "eval.calibration.method=none)", field="eval.calibration.method")
     _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
     _positive("eval.batch_size", cfg.eval.batch_size)
     for s in cfg.eval.splits:

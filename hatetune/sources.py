@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .errors import HatetuneError
 from .io import atomic_path, sha256_file, write_json
@@ -66,26 +66,52 @@ def mirror_files(source: Mapping[str, Any], mirror: Path) -> list[Path]:
     return found
 
 
+def check_pin(source: Mapping[str, Any], files: Sequence[tuple[Path, str]]) -> bool:
+    """Check a pinned `task.source.sha256` against the data files actually used, `files` = [(path, sha256)];
+    return whether there was a pin. It pins ONE file: several files, or one with another sha256, fail saying so
+    (a mirror may hold another version of the data than the upstream file the pin is for)."""
+    pinned = (source.get("sha256") or "").lower()
+    if not pinned:
+        return False
+    if len(files) != 1:
+        raise HatetuneError(f"the pin is for one file, but the source has {len(files)} data files "
+                            f"({', '.join(p.name for p, _ in files)}), so the pin cannot be checked: keep only the "
+                            "pinned file, or unpin it (task.source.sha256=null)",
+                            file=str(files[0][0].parent) if files else None, field="task.source.sha256")
+    path, got = files[0]
+    if got != pinned:
+        other = source.get("filename") and path.name != source["filename"]
+        raise HatetuneError(f"checksum mismatch: expected sha256 {pinned}, got {got}"
+                            + (f" (the pin is for {source['filename']}; this is another file: unpin it, "
+                               "task.source.sha256=null, to use it)" if other else ""),
+                            file=str(path), field="task.source.sha256")
+    return True
+
+
 def resolve(source: Mapping[str, Any], mirror: Optional[Path]) -> dict:
     """Which files the task's data will come from, identified exactly and cheaply (the `sources` stage).
 
     With a mirror: its files and their sha256 (so editing or switching the mirror reruns download); online: the
-    pinned URL / Hub revision (what `fetch` downloads). Never touches the network.
+    pinned URL / Hub revision (what `fetch` downloads). Never touches the network. A pinned sha256 is checked
+    here against the mirror's or local file, and again by `fetch` against the file it copies or downloads.
     """
     upstream = {"https": {"url": source.get("url"), "sha256": (source.get("sha256") or "").lower() or None},
                 "hub": {"repo_id": source.get("repo_id"), "revision": source.get("revision"),
                         "split": source.get("hub_split")},
                 "local": {"path": source.get("path")}}[source["kind"]]
     if mirror is not None:
-        base = mirror / source["name"]
-        files = [{"path": f.relative_to(base).as_posix() if f.is_relative_to(base) else f.name,
-                  "sha256": sha256_file(f)} for f in mirror_files(source, mirror)]
-        return {"kind": "mirror", "entry": source["name"], "files": files, "instead_of": {source["kind"]: upstream}}
-    if source["kind"] == "local":
+        found, base = mirror_files(source, mirror), mirror / source["name"]
+    elif source["kind"] == "local":
         found, base = _local_files(source["path"])
-        return {"kind": "local", "path": str(base.resolve()),
-                "files": [{"path": f.relative_to(base).as_posix(), "sha256": sha256_file(f)} for f in found]}
-    return {"kind": source["kind"], **upstream}
+    else:
+        return {"kind": source["kind"], **upstream}
+    digests = [(f, sha256_file(f)) for f in found]
+    check_pin(source, digests)
+    files = [{"path": f.relative_to(base).as_posix() if f.is_relative_to(base) else f.name, "sha256": digest}
+             for f, digest in digests]
+    if mirror is not None:
+        return {"kind": "mirror", "entry": source["name"], "files": files, "instead_of": {source["kind"]: upstream}}
+    return {"kind": "local", "path": str(base.resolve()), "files": files}
 
 
 def describe(resolved: Mapping[str, Any]) -> str:
@@ -176,6 +202,7 @@ def count_rows(path: Path) -> Optional[int]:
 
             return pq.ParquetFile(path).metadata.num_rows
         text = path.read_bytes().decode("utf-8", errors="replace")
+        csv.field_size_limit(max(csv.field_size_limit(), 2 ** 31 - 1))  # a long post is no reason not to count
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
         return max(sum(1 for rec in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if rec) - 1, 0)
     except Exception:  # noqa: BLE001 - unreadable: the labels stage says why
@@ -217,33 +244,27 @@ def fetch(source: Mapping[str, Any], dest_dir: str | Path, *, mirror: Optional[P
     pinned = (source.get("sha256") or "").lower() or None
     with atomic_path(dest_dir) as tmp:
         tmp.mkdir()
-        verified: set[Path] = set()
         if mirror is not None:
             found = mirror_files(source, mirror)
             files = _copy_files(found, mirror / source["name"], tmp)
-            if pinned and source.get("filename"):
-                # the pin is for the upstream file: check it when the mirror holds that very file
-                verified = {f for f in files if f.name == source["filename"]}
         elif kind == "https":
             target = tmp / (source.get("filename") or Path(source["url"].split("?")[0]).name)
             download_https(source["url"], target, sha256=pinned, retries=retries, timeout_s=timeout_s,
                            backoff_s=backoff_s)
-            files, verified = [target], ({target} if pinned else set())
+            found = files = [target]
         elif kind == "hub":
             target = tmp / f"{source.get('hub_split') or 'train'}.parquet"
             fetch_hub_dataset(source["repo_id"], source["revision"], source.get("hub_split"), target)
-            files = [target]
+            found, files = [dest_dir / target.name], [target]
         else:
             found, base = _local_files(source["path"])
             files = _copy_files(found, base, tmp)
-        entries = []
-        for f in files:
-            digest = sha256_file(f)
-            if f in verified and digest != pinned:
-                raise HatetuneError(f"checksum mismatch: expected sha256 {pinned}, got {digest}",
-                                    file=str(f.relative_to(tmp)), field="task.source.sha256")
-            entries.append({"path": f.relative_to(tmp).as_posix(), "sha256": digest, "bytes": f.stat().st_size,
-                            "rows": count_rows(f), "sha256_verified": f in verified})
+        digests = [sha256_file(f) for f in files]
+        # the pin holds for the very files this folder will hold, whichever way they came (mirror included);
+        # errors name them where the user can look (the mirror's or local file)
+        verified = check_pin(source, list(zip(found, digests)))
+        entries = [{"path": f.relative_to(tmp).as_posix(), "sha256": digest, "bytes": f.stat().st_size,
+                    "rows": count_rows(f), "sha256_verified": verified} for f, digest in zip(files, digests)]
         manifest["files"] = entries
         manifest["sha256_pinned"] = pinned
         if not pinned and kind == "https":

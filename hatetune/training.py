@@ -23,7 +23,7 @@ from .config import lora_alpha
 from .errors import HatetuneError
 from .io import atomic_path, read_jsonl, write_json
 from .runinfo import environment
-from .sft_data import ListDataset, PaddingCollator, completion_loss, encode_rows
+from .sft_data import ListDataset, PackedPrefixCollator, PaddingCollator, completion_loss, encode_rows
 
 # The Trainer logs written as training curves (dvclive): train/eval loss, learning rate, gradient norm.
 CURVES = ("loss", "eval_loss", "learning_rate", "grad_norm")
@@ -164,18 +164,37 @@ class GlobalStepDVCLive(DVCLiveCallback):
         self._initialized = True
 
 
+def batch_counts(inputs) -> tuple[int, int, int]:
+    """(tokens of the rows, token positions computed, rows) of a training batch: padded or packed.
+
+    A packed batch (PackedPrefixCollator) is one row whose position ids restart after the shared prefix for
+    every row: P positions of prefix, then each row's own tokens; it computes fewer positions than its rows hold.
+    """
+    import torch
+
+    mask = inputs["attention_mask"]
+    if mask.dim() == 2:
+        return int(mask.sum()), mask.numel(), mask.shape[0]
+    per_position = torch.bincount(inputs["position_ids"][0])  # prefix positions once, P (a row's start) per row
+    rows = int(per_position.max())
+    prefix = int(torch.nonzero(per_position == rows)[0])
+    computed = int(per_position.sum())
+    return prefix * rows + computed - prefix, computed, rows
+
+
 class CountingTrainer(Trainer):
-    """A Trainer that also counts the real (non-padding) and padded tokens and the examples it trains on."""
+    """A Trainer that also counts the rows' real (non-padding) tokens, the token positions it computes and the
+    examples it trains on (tokens / computed positions is above 1 when a shared prefix is packed)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.tokens = self.padded = self.examples = 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        mask = inputs["attention_mask"]
-        self.tokens += int(mask.sum())
-        self.padded += mask.numel()
-        self.examples += mask.shape[0]
+        tokens, computed, rows = batch_counts(inputs)
+        self.tokens += tokens
+        self.padded += computed
+        self.examples += rows
         return super().training_step(model, inputs, num_items_in_batch)
 
 
@@ -189,9 +208,12 @@ def make_callbacks(curves_dir: Optional[Path], resume: bool) -> list[TrainerCall
     return callbacks
 
 
-def make_trainer(model, tokenizer, args, train_set, eval_set=None, callbacks: Sequence = ()) -> CountingTrainer:
+def make_trainer(model, tokenizer, args, train_set, eval_set=None, callbacks: Sequence = (),
+                 packing: str = "none") -> CountingTrainer:
+    collator = (PackedPrefixCollator(tokenizer.pad_token_id) if packing == "shared_prefix"
+                else PaddingCollator(tokenizer.pad_token_id))
     trainer = CountingTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                              data_collator=PaddingCollator(tokenizer.pad_token_id),
+                              data_collator=collator,
                               compute_loss_func=completion_loss, processing_class=tokenizer,
                               callbacks=list(callbacks) or None)
     if any(isinstance(c, StepLineProgress) for c in callbacks):  # ours replaces the plain one (dict lines)
@@ -243,10 +265,14 @@ def train(cfg, base_dir: str | Path, data_dir: str | Path, out_adapter: str | Pa
 
     model = models.load_model(cfg.model, base_dir, quantize=True, trainable=True, dtype=load_dtype(cfg, precision))
     model = attach_lora(model, cfg)
+    if tr.packing == "shared_prefix" and model.config._attn_implementation != "sdpa":
+        raise HatetuneError(f"shared-prefix packing needs sdpa attention, the model uses "
+                            f"{model.config._attn_implementation}", field="train.packing")
     counts = models.model_summary(model)
     args = training_arguments(cfg, ckpt_dir, precision, has_eval=eval_set is not None)
     trainer = make_trainer(model, tokenizer, args, ListDataset(train_examples), eval_set,
-                           callbacks=make_callbacks(Path(curves_dir) if curves_dir else None, bool(resume_from)))
+                           callbacks=make_callbacks(Path(curves_dir) if curves_dir else None, bool(resume_from)),
+                           packing=tr.packing)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.perf_counter() - started
@@ -263,7 +289,9 @@ def train(cfg, base_dir: str | Path, data_dir: str | Path, out_adapter: str | Pa
         "examples_per_s": round(examples / runtime, 3),
         "non_padding_tokens": tokens,
         "non_padding_tokens_per_s": round(tokens / runtime, 2),
-        "non_padding_share": round(tokens / padded, 4) if padded else None,
+        "computed_positions": padded,
+        # < 1: padding computed; > 1: a packed shared prefix computed once for several rows
+        "tokens_per_computed_position": round(tokens / padded, 4) if padded else None,
         "peak_rss_mb": peak_rss_mb(),
         "trainable_params": counts["trainable_params"],
         "train_rows": len(train_examples),

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     source = (json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file()
               else model_sources.resolve(cfg.model, mirror))
     out_dir = paths.base_model_dir(cfg.model.name)
-    model_sources.materialise(source, out_dir, mirror, trust_remote_code=cfg.model.trust_remote_code)
+    model_sources.materialise(source, out_dir, mirror, trust_remote_code=model_sources.trust_remote_code(cfg.model))
     print(f"base model {cfg.model.name}: {model_sources.describe(source)} -> {out_dir}")
     return 0
 

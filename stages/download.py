@@ -1,8 +1,9 @@
 """download: fetch the task's dataset into data/raw/<task>/ with a manifest.json.
 
-Sources (task.source.kind): an HTTPS file (sha256-verified when task.source.sha256 is pinned), a Hugging Face
-Hub dataset at a pinned revision (token from $HF_TOKEN, never stored), or a local path. Offline: set
-download.mirror=<folder> or $HATETUNE_MIRROR and every source is read from <folder>/<task.source.name>/.
+Sources (task.source.kind): an HTTPS file, a Hugging Face Hub dataset at a pinned revision (token from $HF_TOKEN,
+never stored), or a local path. Offline: set download.mirror=<folder> or $HATETUNE_MIRROR and every source is read
+from <folder>/<task.source.name>/. A pinned task.source.sha256 is checked against the file actually used, mirror
+included (a mirror holding another file than the pinned one fails, saying so).
 (Under DVC the `sources` stage records which of these this run uses; a switch reruns this stage.)
 
     python -m stages.download                    # as in params.yaml

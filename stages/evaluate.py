@@ -1,14 +1,18 @@
-"""evaluate: score the fine-tuned model (or, with eval.adapter=false, the base model alone) on the test split.
+"""evaluate: score the fine-tuned model (or, with eval.adapter=false, the base model alone) on eval.splits.
 
 Loads models/base/<model>/ with the training quantization (eval.unquantized_base=true: without, as seed B
 did) plus the adapter of models/adapter/<task>/ (or eval.adapter_dir), builds and tokenises every prompt with
 the training prompt code, truncated by training's rule (train.cutoff_len), and runs eval.mode:
-greedy (batched, length-sorted, stops at EOS, at most eval.max_new_tokens; the answer is parsed by task.parser)
-or score (the most likely label by eval.score_method: full log-likelihood of the answer + EOS, or first_token).
+- score: every label's log-likelihood (eval.score_method: full = answer + EOS, or first_token); the label is
+  decided by eval.calibration: a temperature and a threshold on P(positive label) fitted on the dev split (for
+  macro-F1 or a target precision), applied to every split (method none: plain argmax);
+- greedy: batched decoding that stops at EOS (at most eval.max_new_tokens), parsed by task.parser.
 With eval.agreement both modes run on the same prompt pass and their agreement is reported.
 
-Writes metrics/eval.json (metrics/zeroshot.json without adapter) and metrics/eval/<split>/: predictions.jsonl,
-confusion.csv, confusion.png, classification_report.txt, run.json; energy to metrics/carbon/evaluate[_zeroshot].json.
+Writes metrics/eval.json (metrics/zeroshot.json without adapter): {split: metrics}, and metrics/eval/:
+<split>/{predictions.jsonl, confusion.csv, confusion.png, classification_report.txt}, run.json and, when
+calibrated, calibration.json (the decision rule the service applies too), pr_curve.png, reliability.png;
+energy to metrics/carbon/evaluate[_zeroshot].json.
 
 Any Alpaca JSONL can be scored by hand: python -m stages.evaluate eval.data=rows.jsonl
 (results in metrics/external/rows.json and metrics/external/rows/).
@@ -18,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hatetune import carbon, config, evaluation, inference, metrics, models, parsing, paths
+from hatetune import calibration, carbon, config, evaluation, inference, metrics, models, parsing, paths
 from hatetune.errors import exit_on_error
 from hatetune.runinfo import environment
 
@@ -43,28 +47,47 @@ def main(argv=None) -> int:
     adapter = Path(ev.adapter_dir or paths.adapter_dir(cfg.task.name)) if ev.adapter else None
     stage = evaluation.carbon_stage(cfg)
 
-    results, seconds = {}, 0.0
+    runs = {}
     with carbon.track_emissions(stage or "evaluate", cfg.carbon.country_iso_code,
                                 paths.carbon_file(stage or "evaluate"), enabled=stage is not None):
         tokenizer = models.load_tokenizer(adapter or base_dir, cfg.model, padding_side="left")
         model = models.load_model(cfg.model, base_dir, quantize=not ev.unquantized_base, adapter_dir=adapter)
-        for name, (rows, gold) in sets.items():
-            run = inference.classify(model, tokenizer, rows, cfg.task.prompt, labels, parse, mode=ev.mode,
-                                     score_method=ev.score_method, max_new_tokens=ev.max_new_tokens,
-                                     batch_size=ev.batch_size, cutoff_len=cfg.train.cutoff_len,
-                                     prefix_cache=ev.prefix_cache, agreement=ev.agreement, desc=name)
-            columns = {"greedy_label": run["greedy_labels"], "score_label": run["score_labels"],
-                       "log_probs": [dict(zip(labels, (round(v, 4) for v in row))) for row in run["log_probs"]]
-                       if run["log_probs"] else None, "truncated": run["truncated"]}
-            results[name] = evaluation.score(rows, gold, run["predicted"], labels, run["outputs"],
-                                             {k: v for k, v in columns.items() if v is not None},
-                                             {**agreements(run), "truncated_prompts": sum(run["truncated"])})
-            seconds += run["seconds"]
-            print(evaluation.summary_line(name, results[name]["metrics"]))
+        for name, (rows, _) in sets.items():
+            runs[name] = inference.classify(model, tokenizer, rows, cfg.task.prompt, labels, parse, mode=ev.mode,
+                                            score_method=ev.score_method, max_new_tokens=ev.max_new_tokens,
+                                            batch_size=ev.batch_size, cutoff_len=cfg.train.cutoff_len,
+                                            prefix_cache=ev.prefix_cache, agreement=ev.agreement, desc=name)
+
+    summary = None
+    if ev.mode == "score" and ev.calibration.method == "threshold":
+        gold = {name: g for name, (_, g) in sets.items()}
+        cal = ev.calibration
+        rule = calibration.fit(runs["dev"]["log_probs"], gold["dev"], labels, cal.positive, cal.objective,
+                               cal.target_precision, cal.temperature)
+        summary = calibration.summarise(rule, {n: r["log_probs"] for n, r in runs.items()}, gold)
+        for run in runs.values():
+            run["predicted"], run["p_positive"] = calibration.apply(rule, run["log_probs"])
+            run["outputs"] = run["predicted"]
+        print(f"decision rule (fitted on dev): P({rule['positive']}) >= {rule['threshold']:.4f} at temperature "
+              f"{rule['temperature']:g} -> dev macro-F1 {rule['dev']['macro_f1']:.4f}")
+
+    results = {}
+    for name, (rows, gold) in sets.items():
+        run = runs[name]
+        columns = {"greedy_label": run["greedy_labels"], "score_label": run["score_labels"],
+                   "p_positive": [round(p, 6) for p in run["p_positive"]] if "p_positive" in run else None,
+                   "log_probs": [dict(zip(labels, (round(v, 4) for v in row))) for row in run["log_probs"]]
+                   if run["log_probs"] else None, "truncated": run["truncated"]}
+        extra = {**agreements(run), "truncated_prompts": sum(run["truncated"]),
+                 **(summary["metrics"][name] if summary else {})}
+        results[name] = evaluation.score(rows, gold, run["predicted"], labels, run["outputs"],
+                                         {k: v for k, v in columns.items() if v is not None}, extra)
+        print(evaluation.summary_line(name, results[name]["metrics"]))
 
     n = sum(r["metrics"]["n"] for r in results.values())
+    seconds = sum(r["seconds"] for r in runs.values())
     base = evaluation.output_base(cfg)
-    evaluation.write_results(base, results, title="fine-tuned" if adapter else "zero-shot",
+    evaluation.write_results(base, results, title="fine-tuned" if adapter else "zero-shot", calibration=summary,
                              run_info={"mode": ev.mode, "score_method": ev.score_method,
                                        "adapter": str(adapter) if adapter else None, "base_model": str(base_dir),
                                        "batch_size": ev.batch_size, "prefix_cache": ev.prefix_cache,

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     if not any(facts["systems"].values()):
         raise HatetuneError("no evaluation results: run the evaluate, evaluate_zeroshot and baseline stages",
                             file=str(paths.results_json(paths.results_base(paths.EVAL))))
-    plots = report.write_plots(facts, paths.REPORT_DIR)
+    plots = report.write_plots(facts, paths.REPORT_DIR) + facts["calibration_plots"]
     write_json(paths.CARBON_TOTAL, {"measured": report.measured_totals(facts["measurements"]),
                                     "lacoste_estimate": facts["estimate"]})
     write_text(paths.REPORT_MD, report.build_report(cfg, facts, plots))

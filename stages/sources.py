@@ -2,7 +2,8 @@
 
 An offline mirror ($HATETUNE_MIRROR or download.mirror) or the network decides which files are used, and DVC
 cannot see an environment variable; so this stage always runs (`always_changed`) and writes what it found:
-- data/raw/<task>.source.json: the mirror's files and their sha256, or the pinned URL / Hub revision;
+- data/raw/<task>.source.json: the mirror's files and their sha256 (checked against a pinned task.source.sha256),
+  or the pinned URL / Hub revision;
 - models/base/<model>.source.json: the mirror's GGUF and its sha256, the Hub commit, or the local folder.
 download and base_model depend on these files: when the resolution changes (a switch between mirror and Hub,
 an edited mirror file), they rerun, and so does everything after them; when it does not, nothing else does.

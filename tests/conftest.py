@@ -27,3 +27,12 @@ def git_identity(monkeypatch):
     for var, value in [("GIT_AUTHOR_NAME", "hatetune-test"), ("GIT_AUTHOR_EMAIL", "test@hatetune.invalid"),
                        ("GIT_COMMITTER_NAME", "hatetune-test"), ("GIT_COMMITTER_EMAIL", "test@hatetune.invalid")]:
         monkeypatch.setenv(var, value)
+
+
+@pytest.fixture(autouse=True)
+def _keep_umask():
+    """A stage run in-process sets the umask owner-only (privacy.owner_only); the next test gets the old one."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)

@@ -43,3 +43,16 @@ def test_default_hours_are_the_measured_stage_durations(tmp_path):
 def test_negative_hours_are_a_config_error():
     with pytest.raises(config.ConfigError, match="carbon.hours"):
         config.load(["carbon.hours=-1"])
+
+
+@pytest.mark.parametrize("code, hint", [("XXX", "ISO 3166-1 alpha-3"), ("usa", "did you mean 'USA'?"),
+                                        ("US", "ISO 3166-1 alpha-3")])
+def test_a_country_codecarbon_does_not_know_fails_naming_the_key(tmp_path, code, hint):
+    from hatetune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        with carbon.track_emissions("evaluate", code, tmp_path / "carbon.json"):
+            raise AssertionError("the block must not run")
+    assert err.value.field == "carbon.country_iso_code" and hint in str(err.value)
+    assert "world average" in str(err.value) and not (tmp_path / "carbon.json").exists()
+    carbon.check_country("FRA")  # known: no error

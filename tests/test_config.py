@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hatetune import config
-from hatetune.errors import ConfigError
+from hatetune.errors import ConfigError, HatetuneError
 
 from support import ROOT
 
@@ -55,6 +55,16 @@ def test_default_composition_validates(monkeypatch):
     (["serve.url=localhost:11434"], "serve.url"),
     (["export.qtype=Q4_0"], "export.qtype"),
     (["export.verify_rows=0"], "export.verify_rows"),
+    (["seed=-1"], "seed"),
+    (["seed=4294967296"], "seed"),
+    (["train.lr=nan"], "train.lr"),
+    (["train.lr=inf"], "train.lr"),
+    (["carbon.pue=nan"], "carbon.pue"),
+    (["task=mhs", "task.labels.binning.hate_above=nan"], "task.labels.binning.hate_above"),
+    (["lora.alpha=-inf"], "lora.alpha"),
+    (["task.split.fractions={train: 0.0, dev: 0.5, test: 0.5}"], "task.split.fractions.train"),
+    (["task.source.sha256=abc"], "task.source.sha256"),
+    (["task.source.sha256=" + "g" * 64], "task.source.sha256"),
 ])
 def test_bad_values_fail_naming_the_key(overrides, key, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -84,3 +94,53 @@ def test_stage_cli_reports_bad_override_in_one_line():
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "lora.r" in proc.stderr
+
+
+@pytest.mark.parametrize("digits", ["1" * 64, "0" * 64, "0123" + "4" * 60, "1" * 10 + "e" + "1" * 53,
+                                    "1" * 10 + "e" + "0" * 53, "7" * 63 + "0"])
+@pytest.mark.parametrize("recompose", [False, True])
+def test_an_all_digit_sha256_override_stays_the_text_it_was(digits, recompose, monkeypatch):
+    """YAML reads 0123... as octal, 1e5... as a float (inf): a string key keeps what was typed."""
+    monkeypatch.chdir(ROOT)
+    cfg = config.load((["task=dynahate"] if recompose else []) + [f"task.source.sha256={digits}"])
+    assert cfg.task.source.sha256 == digits
+
+
+def test_string_keys_are_found_in_the_schema():
+    assert config.is_string_key("task.source.sha256") and config.is_string_key("model.revision")
+    assert config.is_string_key("task.labels.map.nothate")  # Dict[str, str] values
+    assert not config.is_string_key("lora.r") and not config.is_string_key("train.lr")
+    assert not config.is_string_key("no.such.key")
+    assert config.keep_strings(["task.source.sha256=0123", "lora.r=8", "task.source.sha256=null"]) == \
+        ["task.source.sha256='0123'", "lora.r=8", "task.source.sha256=null"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("seed: 42\ntask:\n  name: [dynahate\n", "row 3: not valid YAML (while parsing a flow sequence"),
+    ("seed: 1\nseed: 2\n", "row 2: not valid YAML"),
+    ("- a\n- b\n", "row 1: expected a mapping of config keys"),
+])
+def test_a_malformed_params_file_fails_naming_file_and_line(tmp_path, content, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    with pytest.raises(HatetuneError) as err:
+        config.load([], bad)
+    assert str(err.value).startswith(f"{bad}, {message}"), str(err.value)
+    bad.write_bytes("seed: 42\n".encode("utf-16"))
+    with pytest.raises(HatetuneError, match="UTF-16-LE"):
+        config.load([], bad)
+
+
+def test_stage_config_makes_the_stage_owner_only_unless_turned_off(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data").chmod(0o755)
+    os.umask(0o022)
+    config.stage_config("doc", "labels", ["--params", str(ROOT / "params.yaml"), "privacy.owner_only=false"])
+    assert os.umask(0o022) == 0o022 and stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o755
+    view = config.stage_config("doc", "labels", ["--params", str(ROOT / "params.yaml")])
+    assert view.privacy.owner_only is True
+    assert os.umask(0o022) == 0o077 and stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700

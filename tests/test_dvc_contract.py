@@ -63,6 +63,13 @@ def test_every_declared_param_exists(dvc, params):
         config.stage_view(cfg, keys)  # raises on a key params.yaml does not have
 
 
+def test_every_stage_declares_the_owner_only_key(dvc):
+    """config.stage_config reads privacy.owner_only for every stage (files holding posts are owner-only), so a
+    stage without it fails at start; this says which, before anything runs."""
+    assert [name for name in dvc["stages"]
+            if "privacy.owner_only" not in config.declared_params(name, ROOT / "dvc.yaml")] == []
+
+
 def test_a_stage_sees_only_its_declared_params():
     cfg = config.load([], ROOT / "params.yaml")
     view = config.stage_view(cfg, ["task.name", "eval.splits", "eval.baseline", "seed"])
@@ -82,7 +89,7 @@ def test_a_stage_reading_an_undeclared_param_fails_naming_it(tmp_path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     processed = tmp_path / paths.processed_dir("dynahate")
     processed.mkdir(parents=True)
-    for split in ("train", "test"):
+    for split in ("train", "dev", "test"):
         rows = [{"instruction": "i", "input": f"post {i}", "output": ["hate", "not hate"][i % 2], "system": ""}
                 for i in range(6)]
         (processed / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -66,8 +66,8 @@ def test_results_are_written_together(tmp_path):
 def test_output_names(tmp_path):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"eval": {"output": None, "data": None, "adapter": True, "splits": ["test", "dev"]},
-                            "task": {"name": "mhs"}})
+    cfg = OmegaConf.create({"eval": {"output": None, "data": None, "adapter": True, "splits": ["test", "dev"],
+                                     "calibration": {"method": "threshold"}}, "task": {"name": "mhs"}})
     assert str(evaluation.output_base(cfg)) == "metrics/eval" and evaluation.carbon_stage(cfg) == "evaluate"
     assert list(evaluation.eval_files(cfg)) == ["test", "dev"]
     cfg.eval.adapter = False
@@ -75,4 +75,6 @@ def test_output_names(tmp_path):
     assert evaluation.carbon_stage(cfg) == "evaluate_zeroshot"
     cfg.eval.data = "some/where/my_rows.jsonl"
     assert str(evaluation.output_base(cfg)) == "metrics/external/my_rows" and evaluation.carbon_stage(cfg) is None
+    assert list(evaluation.eval_files(cfg)) == ["dev", "my_rows"]  # dev: where the threshold is fitted
+    cfg.eval.calibration.method = "none"
     assert list(evaluation.eval_files(cfg)) == ["my_rows"]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hatetune import config, labels, paths, sources
+from hatetune import config, labels, paths, records, sources, splits
 from hatetune.errors import HatetuneError
 from upstream_fixtures import DYNAHATE_COLUMNS, dynahate_rows, mhs_rows, write_csv, write_dynahate, write_mhs
 
@@ -32,7 +32,7 @@ def raw_dir_with(tmp_path: Path, write, name: str) -> Path:
 
 def table_of(tmp_path, write, name, task, seed=42) -> labels.LabelledTable:
     raw = raw_dir_with(tmp_path, write, name)
-    return labels.canonical_table(labels.read_raw_dir(raw, labels.required_columns(task)), task, seed=seed)
+    return labels.canonical_table(records.read_raw_dir(raw, labels.required_columns(task)), task, seed=seed)
 
 
 def error_of(tmp_path, write, name, task) -> HatetuneError:
@@ -65,7 +65,7 @@ def test_grouped_split_puts_no_group_in_two_splits_and_stratifies():
     groups = [f"g{i // 2}" if i < 400 else f"s{i}" for i in range(1000)]  # 200 pairs + 600 singles
     label_of = {g: rng.choice(["a", "b", "c"], p=[0.6, 0.3, 0.1]) for g in set(groups)}
     row_labels = [label_of[g] for g in groups]
-    split = labels.grouped_split(groups, row_labels, {"train": 0.8, "dev": 0.1, "test": 0.1}, seed=1)
+    split = splits.grouped_split(groups, row_labels, {"train": 0.8, "dev": 0.1, "test": 0.1}, seed=1)
     frame = pd.DataFrame({"group": groups, "label": row_labels, "split": split})
     assert frame.groupby("group")["split"].nunique().max() == 1
     share = frame.drop_duplicates("group")["split"].value_counts(normalize=True)
@@ -79,13 +79,13 @@ def test_grouped_split_puts_no_group_in_two_splits_and_stratifies():
 def test_grouped_split_is_seeded():
     groups, row_labels = [str(i) for i in range(200)], ["a", "b"] * 100
     fr = {"train": 0.8, "dev": 0.1, "test": 0.1}
-    first = labels.grouped_split(groups, row_labels, fr, seed=3)
-    assert (first == labels.grouped_split(groups, row_labels, fr, seed=3)).all()
-    assert (first != labels.grouped_split(groups, row_labels, fr, seed=4)).any()
+    first = splits.grouped_split(groups, row_labels, fr, seed=3)
+    assert (first == splits.grouped_split(groups, row_labels, fr, seed=3)).all()
+    assert (first != splits.grouped_split(groups, row_labels, fr, seed=4)).any()
 
 
 def test_quota_sequence_is_proportional_in_every_window():
-    seq = labels.quota_sequence(20, {"train": 0.8, "dev": 0.1, "test": 0.1})
+    seq = splits.quota_sequence(20, {"train": 0.8, "dev": 0.1, "test": 0.1})
     for start in (0, 10):
         window = seq[start:start + 10]
         assert (window.count("train"), window.count("dev"), window.count("test")) == (8, 1, 1)
@@ -249,6 +249,80 @@ def test_mhs_duplicate_annotation_rows(tmp_path, tasks):
     assert "row 6" in err.message
 
 
+@pytest.mark.parametrize("column, where", [("text", 4), ("acl.id", 0)])
+def test_a_nul_byte_is_rejected_naming_row_and_column(tmp_path, tasks, column, where):
+    change = (lambda r: r[where].update(text="a\x00b")) if column == "text" else \
+        (lambda r: r[where].update({"acl.id": "acl\x0010000"}))
+    err = error_of(tmp_path, dyna_with(change), "dyna.csv", tasks["dynahate"])
+    assert (err.row, err.field) == (where + 2, column) and "NUL byte" in err.message
+
+
+def test_a_duplicate_header_names_the_column_twice(tmp_path, tasks):
+    columns = [c if c != "level" else "text" for c in DYNAHATE_COLUMNS]
+    err = error_of(tmp_path, lambda p: write_csv(p, dynahate_rows(), columns), "dyna.csv", tasks["dynahate"])
+    assert (err.row, err.field) == (1, "text") and "columns 3 and 7" in err.message
+
+
+def test_a_cell_over_the_limit_names_its_row_and_column(tmp_path, tasks, monkeypatch):
+    monkeypatch.setattr(records, "CELL_LIMIT", 200)  # 16 MiB in earnest; a smaller one keeps the test quick
+    err = error_of(tmp_path, dyna_with(lambda r: r[3].update(text="x" * 201)), "dyna.csv", tasks["dynahate"])
+    assert (err.row, err.field) == (5, "text") and "201 characters" in err.message
+    assert len(table_of(tmp_path / "ok", dyna_with(lambda r: r[3].update(text="x" * 200)), "dyna.csv",
+                        tasks["dynahate"]).table) == 48
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_utf16_and_utf32_files_are_named_as_such(tmp_path, tasks, encoding):
+    def write(p):
+        write_dynahate(p)
+        p.write_bytes(p.read_text(encoding="utf-8").encode(encoding))
+        return p
+
+    err = error_of(tmp_path, write, "dyna.csv", tasks["dynahate"])
+    assert err.row == 1 and err.field is None and encoding[:6].upper() in err.message and "UTF-8" in err.message
+
+
+def test_mhs_one_comment_id_with_two_texts_names_both_rows(tmp_path, tasks):
+    rows = mhs_rows()
+    rows[10]["text"] = "another post"  # comment 20003, its second annotation; its first is row 11
+    err = error_of(tmp_path, lambda p: write_mhs(p, rows), "mhs.csv", tasks["mhs"])
+    assert (err.row, err.field) == (12, "text") and "comment_id 20003" in err.message and "row 11" in err.message
+
+
+def test_one_class_in_the_data_or_none_in_train_is_an_error_naming_train(tmp_path, tasks):
+    err = error_of(tmp_path, dyna_with(lambda rows: [r.update(label="hate") for r in rows]), "dyna.csv",
+                   tasks["dynahate"])
+    assert "split 'train' has no row labelled 'not hate'" in err.message and "none of the data's 48" in err.message
+
+    table = pd.DataFrame({"id": list("abcd"), "label": ["x", "x", "y", "x"], "split": ["train", "train", "test", "dev"],
+                          "group": list("abcd")})
+    with pytest.raises(HatetuneError, match="split 'train' has no row labelled 'y' .*all went to test"):
+        splits.check_splits(table, ["x", "y"], {"fractions": {"train": .8, "dev": .1, "test": .1}}, "grouped")
+
+
+def test_an_empty_split_is_an_error_unless_its_fraction_is_zero(tmp_path, tasks):
+    few = dyna_with(lambda rows: rows.__delitem__(slice(3, None)))
+    err = error_of(tmp_path, few, "dyna.csv", tasks["dynahate"])
+    assert err.field == "task.split.fractions.dev" and "split 'dev' is empty: 3 rows in 3 groups" in err.message
+
+    task = config.validate(config.compose(["task=dynahate", "task.split.fractions={train: 0.9, dev: 0.0, "
+                                           "test: 0.1}"])).task
+    result = table_of(tmp_path / "zero", dyna_with(lambda rows: None), "dyna.csv", task)
+    assert (result.table["split"] == "dev").sum() == 0
+    assert "split 'dev' is empty (task.split.fractions.dev=0)" in result.warnings
+    assert "split 'dev' is empty (task.split.fractions.dev=0)" in labels.data_metrics(result, task)["warnings"]
+
+
+def test_a_label_missing_from_dev_or_test_is_a_warning_in_data_metrics(tmp_path, tasks):
+    table = pd.DataFrame({"id": list("abcdef"), "label": ["x", "y", "x", "x", "y", "y"],
+                          "split": ["train", "train", "dev", "test", "test", "dev"], "group": list("abcdef")})
+    found = splits.check_splits(table, ["x", "y"], {"fractions": {"train": .8, "dev": .1, "test": .1}}, "grouped")
+    assert found == []
+    table.loc[5, "split"] = "train"  # dev has no 'y' now
+    found = splits.check_splits(table, ["x", "y"], {"fractions": {"train": .8, "dev": .1, "test": .1}}, "grouped")
+    assert found == ["split 'dev' has no row labelled 'y': its per-class scores for 'y' are undefined there"]
+
+
 # ---------------------------------------------------------------------------------------------- stage
 def run_labels_stage(*overrides: str) -> None:
     from stages import labels as stage
@@ -295,3 +369,36 @@ def test_a_mapped_task_needs_its_label_column():
 
     with pytest.raises(ConfigError, match="task.columns.label"):
         config.validate(config.compose(["task=dynahate", "task.columns.label=null"]))
+
+
+@pytest.mark.parametrize("killed_at", [1, 2])
+def test_labels_stage_killed_while_publishing_never_leaves_new_labels_with_old_counts(tmp_path, monkeypatch,
+                                                                                      killed_at):
+    """The canonical table and metrics/data.json are published together: old ones are removed first, so a kill
+    between the renames leaves an output missing (the stage reruns), never new labels beside old counts."""
+    import os
+
+    from hatetune import io
+
+    src = write_dynahate(tmp_path / "src" / "dyna.csv")
+    monkeypatch.chdir(tmp_path)
+    sources.fetch({"name": "dynahate", "kind": "local", "path": str(src)}, tmp_path / "data/raw/dynahate")
+    run_labels_stage()
+    write_dynahate(src, dynahate_rows(n_single=30))  # new data: 54 rows instead of 48
+    sources.fetch({"name": "dynahate", "kind": "local", "path": str(src)}, tmp_path / "data/raw/dynahate")
+    finals, published, real = {Path(paths.interim_dir("dynahate")), Path(paths.DATA_METRICS)}, [], os.replace
+
+    def replace(src_path, dst):
+        if Path(dst) in finals:
+            published.append(dst)
+            if len(published) == killed_at:
+                raise KeyboardInterrupt  # the kill
+        real(src_path, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        run_labels_stage()
+    table, data = tmp_path / "data/interim/dynahate/labels.csv", tmp_path / "metrics/data.json"
+    if table.exists() and data.exists():
+        assert json.loads(data.read_text())["rows"]["total"] == len(pd.read_csv(table))
+    assert not table.exists() or len(pd.read_csv(table)) == 54  # no old table beside anything new

@@ -142,6 +142,49 @@ def test_mirror_checksum_is_checked_when_it_holds_the_pinned_file(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
+@pytest.mark.parametrize("step", ["resolve", "fetch"])
+def test_a_pin_is_checked_against_the_mirror_file_actually_used_whatever_its_name(tmp_path, step):
+    """The mirror holds another version than the pinned upstream file: that is said, never skipped."""
+    mirror = tmp_path / "mirror"
+    src = write_dynahate(mirror / "dynahate" / "dynahate_v0.2.2_dev.csv")
+    source = https_source("https://example.invalid/x.csv", sha256="1" * 64, filename="dynahate_v0.2.3.csv")
+    run = (lambda: sources.resolve(source, mirror)) if step == "resolve" else \
+        (lambda: sources.fetch(source, tmp_path / "raw", mirror=mirror))
+    with pytest.raises(HatetuneError) as err:
+        run()
+    assert err.value.file == str(src) and err.value.field == "task.source.sha256"
+    assert "checksum mismatch" in err.value.message and "the pin is for dynahate_v0.2.3.csv" in err.value.message
+    assert not (tmp_path / "raw").exists()
+
+    source["sha256"] = hashlib.sha256(src.read_bytes()).hexdigest().upper()  # the right one, in capitals
+    if step == "resolve":
+        assert sources.resolve(source, mirror)["files"][0]["sha256"] == source["sha256"].lower()
+    else:
+        manifest = sources.fetch(source, tmp_path / "raw", mirror=mirror)
+        assert manifest["files"][0]["sha256_verified"] is True
+
+
+def test_a_pin_cannot_be_checked_against_several_files(tmp_path):
+    mirror = tmp_path / "mirror"
+    write_dynahate(mirror / "dynahate" / "a.csv")
+    write_dynahate(mirror / "dynahate" / "b.csv")
+    source = https_source("https://example.invalid/x.csv", sha256="1" * 64, filename=None)
+    for run in (lambda: sources.resolve(source, mirror),
+                lambda: sources.fetch(source, tmp_path / "raw", mirror=mirror)):
+        with pytest.raises(HatetuneError, match=r"the source has 2 data files \(a.csv, b.csv\), so the pin cannot"):
+            run()
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_local_source_is_checked_against_its_pin(tmp_path):
+    src = write_dynahate(tmp_path / "in" / "dyna.csv")
+    source = {"name": "dynahate", "kind": "local", "path": str(src), "sha256": "f" * 64}
+    with pytest.raises(HatetuneError, match="checksum mismatch"):
+        sources.resolve(source, None)
+    with pytest.raises(HatetuneError, match="checksum mismatch"):
+        sources.fetch(source, tmp_path / "raw")
+
+
 def test_missing_mirror_entry_lists_what_was_expected(tmp_path):
     (tmp_path / "mirror" / "dynahate").mkdir(parents=True)
     with pytest.raises(HatetuneError) as err:

@@ -6,6 +6,7 @@ upstream schemas (or the real ../shared/mirror, when present).
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,10 @@ def test_repro_convert_on_a_dynahate_mirror_then_nothing_to_do(project_repo, tmp
     assert metrics["split_strategy"] == "grouped" and metrics["rows"]["total"] == 120
     assert "re-split" in metrics["warnings"][0]
     first = (project_repo / "data/processed/dynahate/train.jsonl").read_bytes()
+    # posts are owner-only, in the workspace and in DVC's cache of them (privacy.owner_only)
+    for rel in ("data", "models", ".dvc/cache"):
+        assert stat.S_IMODE((project_repo / rel).stat().st_mode) == 0o700, rel
+    assert stat.S_IMODE((project_repo / "data/interim/dynahate/labels.csv").stat().st_mode) == 0o600
 
     again = run(["dvc", "repro", "convert"], project_repo, env=env)
     assert ran_stages(again.stdout) == ["sources"], again.stdout  # it always checks; nothing else reruns

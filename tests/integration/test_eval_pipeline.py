@@ -4,6 +4,7 @@ evaluation nor the baseline; `dvc metrics show/diff` see the results; any Alpaca
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -40,13 +41,19 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
         predicted[name] = [r["predicted"] for r in records]
     fine_tuned = json.loads((repo / "metrics/eval.json").read_text())["test"]
     records = [json.loads(line) for line in (repo / "metrics/eval/test/predictions.jsonl").read_text().splitlines()]
-    # greedy mode: each record carries the score-mode label and the label log-likelihoods, and the reported
-    # agreement is computed from them
-    assert all(set(r["log_probs"]) == {"hate", "not hate"} for r in records)
-    assert all(r["score_label"] == max(r["log_probs"], key=r["log_probs"].get) for r in records)
+    rule = json.loads((repo / "metrics/eval/calibration.json").read_text())
+    # score mode: each record carries the label log-likelihoods, P(hate) at the dev-fitted temperature, the
+    # decision at the dev-fitted threshold, and greedy's label for the agreement
+    assert fine_tuned["threshold"] == rule["threshold"] and rule["dev_rows"] == 4
+    for r in records:
+        margin = (r["log_probs"]["hate"] - r["log_probs"]["not hate"]) / rule["temperature"]
+        assert r["p_positive"] == pytest.approx(1 / (1 + math.exp(-margin)), abs=1e-3)
+        assert r["predicted"] == ("hate" if r["p_positive"] >= rule["threshold"] else "not hate")
+        assert r["score_label"] == max(r["log_probs"], key=r["log_probs"].get)
     assert fine_tuned["agreement_greedy_score"] == pytest.approx(
-        sum(r["predicted"] == r["score_label"] for r in records) / 8)
+        sum(r["greedy_label"] == r["score_label"] for r in records) / 8)
     assert fine_tuned["truncated_prompts"] == 0 and "agreement_score_full_first_token" in fine_tuned
+    assert {"pr_curve.png", "reliability.png", "calibration.json"} <= {p.name for p in (repo / "metrics/eval").iterdir()}
     report = (repo / "metrics/report.md").read_text()
     assert "| fine-tuned | 8 |" in report and "| zero-shot | 8 |" in report and "| TF-IDF + LR baseline | 8 |" in report
     assert {p.name for p in (repo / "metrics/report").iterdir()} == {"loss.png", "per_class_f1.png", "confusion.png"}

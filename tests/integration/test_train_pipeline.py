@@ -31,7 +31,7 @@ def test_repro_train_then_nothing_then_exp_run_reruns_only_train(tiny_project):
     metrics = json.loads((repo / "metrics/train.json").read_text())
     assert metrics["global_step"] == 4 and metrics["train_rows"] == 24
     record = json.loads((repo / "metrics/train_run.json").read_text())
-    assert set(record["config"]) == {"seed", "task", "model", "lora", "train", "carbon"}  # the stage's view
+    assert set(record["config"]) == {"seed", "task", "model", "lora", "train", "carbon", "privacy"}  # the stage's view
     assert record["cpu"] and record["versions"]["transformers"] and record["torch_threads"] == 1
     assert (repo / "metrics/train_curves/plots/metrics/loss.tsv").is_file()
     assert json.loads((repo / "metrics/carbon/train.json").read_text())["energy_kwh"] > 0
