@@ -214,6 +214,7 @@ class ServeConf:
     port: int = 5000
     backend: str = "transformers"  # transformers | ollama | openai
     adapter: Optional[str] = "trained"  # trained: the train stage's adapter; null: the base model alone; or a folder
+    calibration: Optional[str] = None  # score mode's decision rule; null: the evaluate stage's for the served model
     url: Optional[str] = None  # ollama / openai server; null: the backend's usual local address
     remote_model: Optional[str] = None  # the model's name on that server; null: hatetune-<task>
     remote_api_key_env: Optional[str] = None  # environment variable holding the remote server's API key

@@ -9,7 +9,8 @@
    a source GGUF (Hub or local folder) gets models/export/<task>/merged/ instead: the merged Hugging Face folder
    for llama.cpp's convert_hf_to_gguf.py (see the README).
 3. Verifies: loads the GGUF back with transformers and labels the test split (export.verify_rows rows; null: all)
-   with the evaluate stage's prompt and decoding, and writes metrics/export.json: label agreement with the merged
+   with the evaluate stage's prompt and decoding (in score mode, through the decision rule the evaluate stage
+   fitted on dev, metrics/eval/calibration.json), and writes metrics/export.json: label agreement with the merged
    model (target >= 0.99; below export.min_agreement the stage fails) and with metrics/eval's predictions.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     ids = [r.get("id", str(i + 1)) for i, r in enumerate(rows)]
     # label scores for the flip diagnostics: free in greedy mode (same prompt pass), always there in score mode
     scores = cfg.eval.mode == "greedy"
+    rule = labeling.decision_rule(cfg, paths.calibration_file(paths.results_base(paths.EVAL)), adapter)
     start = time.perf_counter()
 
     with carbon.track_emissions("export", cfg.carbon.country_iso_code, paths.carbon_file("export")):
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
             print("export: the adapter trains lm_head over the base's output head: merged (a LoRA on lm_head "
                   "cannot be a GGUF LoRA, and vLLM rejects it as a LoRA module)", file=sys.stderr)
         log("merged the adapter into the float32 base", start)
-        merged = labeling.classify_rows(model, tokenizer, rows, cfg, agreement=scores, progress=True,
+        merged = labeling.classify_rows(model, tokenizer, rows, cfg, rule=rule, agreement=scores, progress=True,
                                         desc="merged model")
         stops = modelfile.stop_tokens(tokenizer, inference.eos_token_ids(model, tokenizer))
         text = modelfile.modelfile_text(modelfile.ollama_template(cfg.task.prompt, tokenizer), stops,
@@ -74,8 +76,8 @@ def main(argv=None) -> int:
                 log(f"wrote {paths.GGUF_FILE} ({ex.qtype}, {gguf_info['bytes'] / 1e6:.1f} MB)", start)
                 del model
                 gguf_model, gguf_tokenizer = gguf_file.load_gguf(tmp / paths.GGUF_FILE)
-                exported = labeling.classify_rows(gguf_model, gguf_tokenizer, rows, cfg, agreement=scores,
-                                                  progress=True, desc="GGUF")
+                exported = labeling.classify_rows(gguf_model, gguf_tokenizer, rows, cfg, rule=rule,
+                                                  agreement=scores, progress=True, desc="GGUF")
             else:
                 print(f"export: the base ({model_sources.describe(source)}) has no source GGUF: writing the "
                       f"merged model to {out / paths.MERGED_DIR} for llama.cpp's convert_hf_to_gguf.py",
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
                 merge.save_merged(model, tokenizer, tmp / paths.MERGED_DIR)
             result = {"format": "gguf" if gguf_info else "merged_hf", "adapter_trains_lm_head": head,
                       **{k: gguf_info[k] if gguf_info else None for k in ("qtype", "bytes", "sha256", "tied")},
-                      **verify.compare(exported, merged, gold, labels, evaluate_predictions(ids))}
+                      **verify.compare(exported, merged, gold, labels, evaluate_predictions(ids), rule)}
             agreement = result["agreement_exported_merged"]
             if agreement is not None and agreement < ex.min_agreement:
                 raise HatetuneError(f"the GGUF's labels agree with the merged model's on only {agreement:.2%} of "

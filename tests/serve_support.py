@@ -17,6 +17,11 @@ POSTS = ["they are vermin", "I love my neighbourhood", "women", "immigrants shou
          "we love our neighbourhood", "those people", "muslims and jews", "Strictly respond only", "social media",
          "them", "post"]
 LONG_POSTS = [" ".join(["people"] * 120), " ".join(["immigrants", "women", "love"] * 50)]
+# greedy decoding (a decision threshold applies to label scores only, so the calibration is off)
+GREEDY = ("eval.mode=greedy", "eval.calibration.method=none")
+# a decision rule as the evaluate stage fits one (hatetune.calibration.fit), far from the argmax point
+RULE = {"positive": "hate", "labels": ["hate", "not hate"], "temperature": 2.5, "objective": "macro_f1",
+        "target_precision": None, "threshold": 0.3, "dev": {}, "dev_rows": 0}
 
 
 def free_port() -> int:
@@ -49,6 +54,19 @@ def serve_config(tiny_model_dir: Path, adapter_dir: Path | None, log_db: Path, *
     adapter = f"serve.adapter={adapter_dir}" if adapter_dir else "serve.adapter=null"
     return config.load([f"model.path={tiny_model_dir}", "model.quantization.compute_dtype=float32", adapter,
                         f"serve.log_db={log_db}", *overrides], ROOT / "params.yaml")
+
+
+def write_rule(project: Path, results: str, adapter: Path | None, rule: dict = RULE) -> Path:
+    """<project>/metrics/<results>/calibration.json and the run.json beside it, as the evaluate stage writes them
+    for `adapter` (None: the base model alone)."""
+    from hatetune import paths
+
+    folder = project / paths.results_base(results)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({"mode": "score", "adapter": str(adapter) if adapter else None}))
+    path = paths.calibration_file(folder)
+    path.write_text(json.dumps(rule))
+    return path
 
 
 def write_base_pointer(project: Path, model_name: str, tiny_model_dir: Path) -> None:

@@ -1,5 +1,7 @@
 """The HTTP API for real: waitress on a free loopback port, a real SQLite request log, the `requests` client, and
-the transformers backend on a tiny real model (no adapter: the API, not the labels, is under test here)."""
+the transformers backend on a tiny real model (no adapter: the API, not the labels, is under test here), with the
+default config: score mode through a decision rule (temperature + threshold) found where the evaluate_zeroshot
+stage writes it."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from serve_support import POSTS, serve_config, write_base_pointer
+from serve_support import POSTS, RULE, serve_config, write_base_pointer, write_rule
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +24,7 @@ def backend(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("project")
     cfg = serve_config(tiny_model_dir, None, root / "unused.sqlite")
     write_base_pointer(root, cfg.model.name, tiny_model_dir)
+    write_rule(root, "zeroshot", None)  # metrics/zeroshot/calibration.json: the base model's rule
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         return TransformersBackend.load(cfg)
@@ -62,7 +65,11 @@ def test_healthcheck_infer_and_classify(serve):
     batch = requests.post(f"{url}/v1/classify", json={"texts": ["they are vermin", "women " * 400]}).json()
     assert [r["truncated"] for r in batch["results"]] == [False, True]  # cut to train.cutoff_len (256 tokens)
     assert batch["results"][0]["label"] == infer.text.strip()
-    assert set(batch["results"][0]["scores"]) == {"hate", "not hate"}  # greedy + agreement: scores come free
+    for result in batch["results"]:  # scores: the calibrated probabilities the label was decided on
+        assert set(result["scores"]) == {"hate", "not hate"}
+        assert sum(result["scores"].values()) == pytest.approx(1, abs=1e-5)
+        assert result["label"] == ("hate" if result["scores"]["hate"] >= RULE["threshold"] else "not hate")
+    assert batch["decision_rule"] == "P(hate) >= 0.3 at T=2.5"
     assert batch["results"][0]["latency_ms"] > 0
     assert batch["backend"] == "transformers" and batch["model"].startswith("smollm2_135m_instruct@")
     service.log.flush()

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from serve_support import LONG_POSTS, POSTS, ModelServer, free_port, make_adapter, running, serve_config
+from serve_support import (GREEDY, LONG_POSTS, POSTS, ModelServer, free_port, make_adapter, running,
+                           serve_config)
 from support import ROOT
 
 CUTOFF = "train.cutoff_len=96"  # the long posts are cut, the others fit
@@ -35,7 +36,7 @@ def remote_service(kind, url, tiny_model_dir, adapter, log_db, *overrides):
     from hatetune.serve.server import Background, build_service
 
     cfg = serve_config(tiny_model_dir, adapter, log_db, f"serve.backend={kind}", f"serve.url={url}", CUTOFF,
-                       "serve.remote_timeout_s=10", *overrides)
+                       "serve.remote_timeout_s=10", *GREEDY, *overrides)
     return Background(build_service(cfg))
 
 
@@ -158,7 +159,7 @@ def test_score_mode_cannot_be_served_remotely_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: config error: serve.backend: serve.backend=ollama cannot give the label "
                                    "scores that eval.mode=score needs: serve with serve.backend=transformers, or "
-                                   "set eval.mode=greedy")
+                                   "set eval.mode=greedy eval.calibration.method=none")
 
 
 def test_the_serve_command_starts_answers_and_stops_on_sigterm(tiny_model_dir, tmp_path):
@@ -167,9 +168,10 @@ def test_the_serve_command_starts_answers_and_stops_on_sigterm(tiny_model_dir, t
     import signal
 
     from hatetune import paths
-    from serve_support import write_base_pointer
+    from serve_support import write_base_pointer, write_rule
 
     write_base_pointer(tmp_path, "smollm2_135m_instruct", tiny_model_dir)
+    write_rule(tmp_path, "zeroshot", None)  # the default config decides by the rule evaluate_zeroshot fitted
     port = free_port()
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "hatetune.serve", "serve.adapter=null", f"serve.port={port}",
@@ -186,6 +188,7 @@ def test_the_serve_command_starts_answers_and_stops_on_sigterm(tiny_model_dir, t
             proc.kill()
     assert proc.returncode == 0, err
     assert f"on http://127.0.0.1:{port}" in out and "stopped" in out
+    assert "decision P(hate) >= 0.3 at T=2.5" in out
     with sqlite3.connect(tmp_path / paths.REQUEST_LOG) as conn:  # the default log location, relative to the project
         assert conn.execute("SELECT endpoint, status FROM requests").fetchall() == [("/infer", 200)]
 

@@ -4,7 +4,8 @@ Reads params.yaml plus `key=value` overrides, like the stages: serve.* (address,
 log), and the evaluate stage's settings the labels depend on (task, model, eval.*, train.cutoff_len). Examples:
   python -m hatetune.serve                                    # 127.0.0.1:5000, base + the trained adapter
   python -m hatetune.serve serve.adapter=null serve.port=5001 # the base model alone
-  python -m hatetune.serve serve.backend=ollama               # the export, served by Ollama
+  python -m hatetune.serve serve.backend=ollama eval.mode=greedy eval.calibration.method=none
+                                                              # the export, served by Ollama (greedy only)
 """
 from __future__ import annotations
 

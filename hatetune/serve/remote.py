@@ -32,7 +32,7 @@ class RemoteBackend:
         if cfg.eval.mode != "greedy":
             raise ConfigError(f"serve.backend={cls.name} cannot give the label scores that eval.mode="
                               f"{cfg.eval.mode} needs: serve with serve.backend=transformers, or set "
-                              f"eval.mode=greedy", field="serve.backend")
+                              f"eval.mode=greedy eval.calibration.method=none", field="serve.backend")
 
     def __init__(self, cfg, tokenizer):
         self.check_config(cfg)
@@ -48,7 +48,8 @@ class RemoteBackend:
         self.answer_len = prompts.answer_length(self.labels, cfg.task.prompt, tokenizer)
         self.stops = [tokenizer.eos_token]
         self.max_new_tokens = cfg.eval.max_new_tokens
-        self.identity = {"backend": self.name, "model": f"{self.model_name}@{self.url}", "adapter": None}
+        self.identity = {"backend": self.name, "model": f"{self.model_name}@{self.url}", "adapter": None,
+                         "decision_rule": None}
 
     def prompt(self, text: str) -> tuple[str, bool]:
         row = prompts.input_row(text, self.cfg.task.prompt)
