@@ -39,8 +39,9 @@ def create_server(service: Service, host: str, port: int):
 def serve_forever(service: Service) -> None:
     server = create_server(service, service.settings.host, service.settings.port)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `docker stop`: stop as Ctrl-C does
+    rule = service.identity.get("decision_rule")
     print(f"hatetune: serving {service.identity['model']} (adapter {service.identity['adapter']}, backend "
-          f"{service.identity['backend']}) on http://{server.effective_host}:{server.effective_port} "
+          f"{service.identity['backend']}{', decision ' + rule if rule else ''}) on http://{server.effective_host}:{server.effective_port} "
           f"- request log {service.log.path}", flush=True)
     try:
         server.run()  # returns on Ctrl-C / SIGTERM once the requests in flight are answered
@@ -72,9 +73,13 @@ class Background:
         # as webtest's StopableWSGIServer: let the requests in flight finish, then close every socket of the loop
         from waitress.channel import HTTPChannel
 
-        self.server.task_dispatcher.shutdown()
-        while self.server._map:
+        def close_all():  # in the loop's own thread: closing a socket under its select() would raise EBADF there
             for channel in list(self.server._map.values()):
                 channel.handle_close() if isinstance(channel, HTTPChannel) else channel.close()
+
+        self.server.task_dispatcher.shutdown()
+        self.server.trigger.pull_trigger(close_all)
         self._thread.join(10)
+        if self._thread.is_alive():
+            raise RuntimeError("the test server's loop did not stop")
         self.service.stop()
