@@ -9,7 +9,8 @@ exactly one row per request sent (read from the SQLite file after a clean SIGTER
 one-at-a-time throughput is measured in this one run. The one-at-a-time leg can use fewer requests
 (--unbatched-requests) since only its rate is compared.
 
-Needs models/base/<model> and models/adapter/<task> (dvc repro train) and data/processed/<task>/test.jsonl.
+Needs models/base/<model> and models/adapter/<task> (dvc repro train), data/processed/<task>/test.jsonl and, in
+calibrated score mode (the default), the evaluate stage's decision rule metrics/eval/calibration.json.
 Usage: python bench/bench_serve.py [--requests 5000] [--clients 32] [--unbatched-requests 1000] [--threads 1]
        [--max-batch-size 16] [--out bench/results_serve.json]
 """
@@ -139,15 +140,18 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="more key=value overrides for the service")
     args = parser.parse_args()
 
-    from hatetune import config, paths
+    from hatetune import config, labeling, paths
     from hatetune.io import read_jsonl, write_json
     from hatetune.runinfo import environment
 
     cfg = config.load(args.overrides, ROOT / "params.yaml")
-    for needed in (paths.base_model_dir(cfg.model.name), paths.adapter_dir(cfg.task.name),
-                   paths.split_file(cfg.task.name, "test")):
+    needs = [paths.base_model_dir(cfg.model.name), paths.adapter_dir(cfg.task.name),
+             paths.split_file(cfg.task.name, "test")]
+    if labeling.calibrated(cfg):
+        needs.append(paths.calibration_file(paths.results_base(paths.EVAL)))
+    for needed in needs:
         if not (ROOT / needed).exists():
-            sys.exit(f"{needed} missing: run `dvc repro train convert` first")
+            sys.exit(f"{needed} missing: run `dvc repro evaluate` first")
     texts = [row["input"] for row in read_jsonl(ROOT / paths.split_file(cfg.task.name, "test"))]
     batched = leg("micro-batched", texts, args.requests, args.clients, args.max_batch_size, args.threads,
                   args.overrides)
