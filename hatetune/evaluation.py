@@ -2,9 +2,10 @@
 
 Results of a run named <out> (metrics/eval, metrics/zeroshot, metrics/baseline, metrics/external/<stem>):
 - `<out>.json`: {split: metrics} (git-tracked, a DVC metric; deterministic: no timings in it);
-- `<out>/<split>/predictions.jsonl` (id, text, gold, raw_output, predicted [, score_label | greedy_label]),
-  `confusion.csv` (actual,predicted per example, for DVC's confusion template), `confusion.png`,
-  `classification_report.txt`; `<out>/run.json`: what ran and how fast.
+- `<out>/<split>/predictions.jsonl` (id, text, gold, raw_output, predicted [, score_label | greedy_label], and
+  the row's extra keys: whom the post targets, a test case's functionality), `confusion.csv` (actual,predicted
+  per example, for DVC's confusion template), `confusion.png`, `classification_report.txt`, `groups.json` (the
+  results per group of every extra key, `hatetune.group_metrics`); `<out>/run.json`: what ran and how fast.
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import io
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from . import functional
 from . import metrics as M
 from . import paths
 from .errors import HatetuneError
+from .group_metrics import Breakdown, breakdown_keys, extremes, group_tables
+from .prompts import extra_keys
 from .io import atomic_path, read_jsonl, write_json, write_jsonl
 from .plots import plot_confusion, plot_pr_curves, plot_reliability
 
@@ -72,11 +76,12 @@ def load_rows(path: Path, labels: Sequence[str]) -> tuple[List[dict], List[str]]
 
 def score(rows: Sequence[Mapping], gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str],
           outputs: Optional[Sequence[str]] = None, columns: Optional[Mapping[str, Sequence]] = None,
-          extra_metrics: Optional[Mapping] = None) -> dict:
+          extra_metrics: Optional[Mapping] = None, breakdown: Optional[Breakdown] = None) -> dict:
     """Metrics and per-example records of one evaluated set (pure: nothing is written).
 
     `columns`: more per-example values for the records (e.g. the other mode's label, the label scores);
-    `extra_metrics`: more numbers for the metrics (e.g. agreements, truncated prompts).
+    `extra_metrics`: more numbers for the metrics (e.g. agreements, truncated prompts); `breakdown`: results per
+    group of the rows' extra keys (`groups`), and the gap between the groups of `breakdown.gap` as a metric.
     """
     result = M.classification_metrics(gold, predicted, labels)
     result.update(extra_metrics or {})
@@ -85,11 +90,42 @@ def score(rows: Sequence[Mapping], gold: Sequence[str], predicted: Sequence[str]
     for i, row in enumerate(rows):
         record = {"id": row.get("id", str(i + 1)), "text": row["input"], "gold": gold[i],
                   "raw_output": outputs[i], "predicted": predicted[i]}
+        record.update({key: row[key] for key in extra_keys(row) if key not in record})
         record.update({name: values[i] for name, values in (columns or {}).items()})
         records.append(record)
-    return {"metrics": result, "records": records,
-            "report": M.classification_report_text(gold, predicted, labels),
-            "confusion": M.confusion_counts(gold, predicted, labels)}
+    scored = {"metrics": result, "records": records,
+              "report": M.classification_report_text(gold, predicted, labels),
+              "confusion": M.confusion_counts(gold, predicted, labels)}
+    tables = group_tables(records, breakdown_keys(rows, breakdown), breakdown.positive,
+                          breakdown.min_size) if breakdown is not None else {}
+    if tables:  # rows without group keys (a hand-made eval.data file) have no breakdown
+        scored["groups"] = {"positive": breakdown.positive, "min_size": breakdown.min_size,
+                            "not_groups": list(breakdown.not_groups), "breakdowns": tables}
+        if breakdown.gap in tables:
+            result["group_gap"] = {"breakdown": breakdown.gap, **extremes(tables[breakdown.gap], breakdown.not_groups)}
+    return scored
+
+
+def score_suite(suite: functional.Suite, task_predicted: Sequence[str], label_map: Mapping[str, str], min_size: int,
+                outputs: Optional[Sequence[str]] = None, columns: Optional[Mapping[str, Sequence]] = None,
+                extra_metrics: Optional[Mapping] = None) -> dict:
+    """A system's results on a functional suite: `score` in the suite's labels (hateful / non-hateful, through
+    task.functional_labels; each case's task label in `task_label`), broken down by functionality, target
+    identity, direction and gold label, with the worst functionality and the target gap as metrics."""
+    predicted = functional.as_suite_labels(task_predicted, label_map)
+    spec = Breakdown(positive=functional.HATEFUL, min_size=min_size, gap=functional.TARGET,
+                     keys=functional.EXTRA_KEYS, extra=("gold",))
+    result = score(suite.rows, suite.gold, predicted, functional.LABELS, outputs=outputs,
+                   columns={**(columns or {}), "task_label": list(task_predicted)}, extra_metrics=extra_metrics,
+                   breakdown=spec)
+    by_functionality = result["groups"]["breakdowns"][functional.FUNCTIONALITY]
+    # over the functionalities of full size; when a (small, hand-made) suite has none, over all of them
+    worst = extremes(by_functionality)
+    if worst["worst_group"] is None:
+        worst = extremes(by_functionality, include_small=True)
+    result["metrics"]["worst_functionality"] = {"name": worst["worst_group"], "accuracy": worst["worst_accuracy"],
+                                                "n": worst["worst_n"]}
+    return result
 
 
 def confusion_csv(records: Sequence[Mapping]) -> str:
@@ -113,6 +149,8 @@ def write_results(base: Path, results: Mapping[str, dict], run_info: Mapping, ti
             write_jsonl(folder / paths.PREDICTIONS_FILE, result["records"])
             (folder / paths.CONFUSION_FILE).write_text(confusion_csv(result["records"]), encoding="utf-8")
             (folder / "classification_report.txt").write_text(result["report"], encoding="utf-8")
+            if result.get("groups"):
+                write_json(folder / paths.GROUPS_FILE, result["groups"])
             names, counts = result["confusion"]
             plot_confusion(names, counts, folder / "confusion.png", f"{title} ({name})")
         write_json(tmp / "run.json", dict(run_info))

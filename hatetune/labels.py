@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from . import breakdowns
 from .errors import ConfigError, HatetuneError
 from .io import atomic_path, write_json
 from .paths import LABELS_FILE, SPLIT_FILE, SPLITS
@@ -151,7 +152,12 @@ def required_columns(task: Mapping[str, Any]) -> list[str]:
     cols, binning = task["columns"], task["labels"].get("binning")
     names = [cols["id"], cols["text"], binning["score_column"] if binning else cols["label"],
              cols.get("split"), cols.get("linked_id"), cols.get("annotator")]
+    names += breakdowns.required_columns(_breakdown_columns(task))
     return list(dict.fromkeys(n for n in names if n))
+
+
+def _breakdown_columns(task: Mapping[str, Any]) -> Mapping[str, Any]:
+    return task["breakdowns"]["columns"] or {}  # read, not .get(): a stage must declare task.breakdowns
 
 
 def canonical_table(records: pd.DataFrame, task: Mapping[str, Any], seed: int) -> LabelledTable:
@@ -170,10 +176,15 @@ def canonical_table(records: pd.DataFrame, task: Mapping[str, Any], seed: int) -
             fail(records, position, cols["split"], f"split {upstream.iat[position]!r} is not one of "
                                                     f"{', '.join(SPLITS)}")
 
+    groups = breakdowns.record_groups(records, _breakdown_columns(task))
     if labels_cfg.get("binning"):
         result = _binned_table(records, ids, text, task, seed)
     else:
         result = _mapped_table(records, ids, text, upstream, task, seed)
+    if len(groups.columns):  # whom each row targets (extra columns, kept through convert to the predictions)
+        per_id = result.notes.get("unit") == "comment"
+        result.table = breakdowns.attach(result.table, groups, list(ids), per_id=per_id)
+        result.notes["breakdowns"] = list(groups.columns)
     result.warnings += check_splits(result.table, labels_cfg["names"], split_cfg, result.notes["strategy"])
     return result
 
@@ -280,20 +291,22 @@ def write_canonical(result: LabelledTable, out_dir: str | Path) -> None:
     """labels.csv (id,text,label,split,group) and split.json (how the split was made), atomically."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        result.table[CANONICAL_COLUMNS].to_csv(tmp / LABELS_FILE, index=False, lineterminator="\n",
-                                               encoding="utf-8")
+        extra = list(result.notes.get("breakdowns", []))
+        breakdowns.encode(result.table, extra)[CANONICAL_COLUMNS + extra].to_csv(
+            tmp / LABELS_FILE, index=False, lineterminator="\n", encoding="utf-8")
         write_json(tmp / SPLIT_FILE, {**result.notes, "warnings": list(result.warnings)})
 
 
 def read_canonical(path: str | Path) -> pd.DataFrame:
-    """labels.csv back, every cell a string (a post reading "NA" stays "NA")."""
+    """labels.csv back, every cell a string (a post reading "NA" stays "NA"); breakdown columns follow the
+    canonical ones."""
     path = Path(path)
     if not path.is_file():
         raise HatetuneError("no canonical table: run the labels stage first", file=str(path))
     table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    if list(table.columns) != CANONICAL_COLUMNS:
-        raise HatetuneError(f"columns are {', '.join(table.columns)}, expected {', '.join(CANONICAL_COLUMNS)}",
-                            file=str(path), row=1)
+    if list(table.columns)[:len(CANONICAL_COLUMNS)] != CANONICAL_COLUMNS:
+        raise HatetuneError(f"columns are {', '.join(table.columns)}, expected {', '.join(CANONICAL_COLUMNS)} "
+                            "(then any breakdown columns)", file=str(path), row=1)
     return table
 
 

@@ -121,9 +121,25 @@ def model_card(cfg, facts: Mapping, example_prompt: Optional[str] = None) -> str
         "other domains, dialects (e.g. African-American English is known to be over-flagged) and on adversarial "
         "rewording.",
         "- Greedy answers that match no label count as wrong (`invalid`); score mode always returns a label.",
+        *measured_unevenness(facts),
         "",
     ]
     return "\n".join(header + body)
+
+
+def measured_unevenness(facts: Mapping) -> list[str]:
+    """Limitations measured on this adapter: its accuracy gap between target groups, its weakest functionality."""
+    found = []
+    gap = (facts["systems"].get("fine-tuned") or {}).get("group_gap") or {}
+    if gap.get("accuracy_gap") is not None:
+        found.append(f"- Measured on the `{facts['split']}` split, accuracy ranges from {gap['worst_accuracy']:.2f} "
+                     f"({gap['worst_group']}, n {gap['worst_n']}) to {gap['best_accuracy']:.2f} ({gap['best_group']}, "
+                     f"n {gap['best_n']}) across {gap['breakdown']} groups; small groups make these numbers rough.")
+    worst = ((facts.get("suite_systems") or {}).get("fine-tuned") or {}).get("worst_functionality") or {}
+    if worst.get("name"):
+        found.append(f"- On the {facts['suite']} functional tests its weakest functionality is `{worst['name']}` "
+                     f"(accuracy {worst['accuracy']:.2f}).")
+    return found
 
 
 def write_release(adapter_dir: str | Path, release_dir: str | Path, card: str) -> Path:

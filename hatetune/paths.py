@@ -48,6 +48,14 @@ def split_file(task: str, split: str) -> Path:
     return processed_dir(task) / f"{split}.jsonl"
 
 
+# A functional test suite (eval.functional: HateCheck), independent of the task. Disabled, these hold only a record
+# saying so.
+FUNCTIONAL_SOURCE_FILE = DATA / "raw" / "functional.source.json"  # the sources stage's record of the suite
+FUNCTIONAL_RAW_DIR = DATA / "raw" / "functional"  # the suite's file(s) as fetched + manifest.json
+FUNCTIONAL_DIR = DATA / "interim" / "functional"  # the checked cases (cases.jsonl) and suite.json
+FUNCTIONAL_CASES, FUNCTIONAL_SUMMARY = "cases.jsonl", "suite.json"
+
+
 # ---------------------------------------------------------------------------------------------- models
 def base_source_file(model: str) -> Path:
     """Where the `sources` stage records which base weights this run uses (mirror GGUF sha256 / Hub commit)."""
@@ -100,6 +108,8 @@ EVAL, ZEROSHOT, BASELINE = "eval", "zeroshot", "baseline"
 PREDICTIONS_FILE, CONFUSION_FILE = "predictions.jsonl", "confusion.csv"
 # A calibrated run's decision-rule plots, in <results base>/.
 PR_CURVE_FILE, RELIABILITY_FILE = "pr_curve.png", "reliability.png"
+GROUPS_FILE = "groups.json"  # results per group of one evaluated set, in <results base>/<set>/
+FUNCTIONAL_HEATMAP = REPORT_DIR / "functional.png"  # accuracy per functionality x system (when a suite was scored)
 
 
 def results_base(name: str) -> Path:
@@ -147,7 +157,8 @@ def pipeline_paths(task: str, model: str) -> set[Path]:
              split_file(task, "train"), split_file(task, "dev"), base_source_file(model), base_model_dir(model),
              adapter_dir(task), checkpoint_dir(task), release_dir(task), DATA_METRICS, TRAIN_METRICS, TRAIN_RUN,
              TRAIN_CURVES, TRAIN_CURVE_PLOTS, REPORT_MD, REPORT_DIR, CARBON_TOTAL, confusion_csv(EVAL, "test"),
-             split_file(task, "test"), export_dir(task), EXPORT_METRICS}
+             split_file(task, "test"), export_dir(task), EXPORT_METRICS, FUNCTIONAL_SOURCE_FILE,
+             FUNCTIONAL_RAW_DIR, FUNCTIONAL_DIR}
     for name in (EVAL, ZEROSHOT, BASELINE):
         found |= {results_base(name), results_json(results_base(name))}
     found |= {carbon_file(stage) for stage in ("train", "evaluate", "evaluate_zeroshot", "export")}

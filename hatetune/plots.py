@@ -1,4 +1,5 @@
-"""Every PNG the pipeline writes: confusion matrices, per-class F1, training loss curves.
+"""Every PNG the pipeline writes: confusion matrices, per-class F1, training loss curves, PR / reliability curves,
+the functional-test heatmap.
 
 Fixed size, DPI and no timestamp or version metadata, so the same numbers give byte-identical PNGs (DVC hashes
 stay stable across reruns and matplotlib upgrades).
@@ -128,5 +129,30 @@ def plot_reliability(diagrams: Mapping[str, Mapping], path: str | Path) -> None:
     ax.set_title("Reliability")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_heatmap(rows: Sequence[str], columns: Sequence[str], values: Sequence[Sequence], path: str | Path,
+                 title: str) -> None:
+    """Accuracy per row (functionality) and column (system) in [0, 1], red (0) to green (1), the value written in
+    each cell; None shows as an empty grey cell."""
+    import numpy as np
+
+    plt = _pyplot()
+    grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(columns), 1.2 + 0.32 * len(rows)))
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#dddddd")
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            if not np.isnan(grid[i, j]):
+                dark = grid[i, j] < 0.2 or grid[i, j] > 0.85  # the ends of the colour map are dark
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+    ax.set_xticks(range(len(columns)), columns, fontsize=9)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_title(title, fontsize=10, pad=24)
     fig.tight_layout()
     _save(fig, Path(path))

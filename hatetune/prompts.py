@@ -19,7 +19,7 @@ Llama-2 templates write no system block (tests/test_prompts.py shows each).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .errors import HatetuneError
 
@@ -169,8 +169,16 @@ def prompt_text(row: Mapping[str, Any], prompt_cfg: Mapping[str, Any], tokenizer
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), cut
 
 
-def alpaca_rows(table: Iterable[Mapping[str, Any]], prompt_cfg: Mapping[str, Any]) -> Iterator[dict]:
-    """Canonical rows (id, text, label, ...) -> Alpaca rows with the task's instruction and system prompt."""
+def alpaca_rows(table: Iterable[Mapping[str, Any]], prompt_cfg: Mapping[str, Any],
+                extra_keys: Sequence[str] = ()) -> Iterator[dict]:
+    """Canonical rows (id, text, label, ...) -> Alpaca rows with the task's instruction and system prompt, plus
+    the row's `extra_keys` (whom a post targets, a test case's functionality: for per-group results; no prompt
+    reads them)."""
     for row in table:
-        yield alpaca_row(prompt_cfg["instruction"], row["text"], row["label"], prompt_cfg.get("system") or "",
-                         id=row["id"])
+        yield {**alpaca_row(prompt_cfg["instruction"], row["text"], row["label"], prompt_cfg.get("system") or "",
+                            id=row["id"]), **{key: row[key] for key in extra_keys}}
+
+
+def extra_keys(row: Mapping[str, Any]) -> list[str]:
+    """The keys of an Alpaca row beyond the prompt's and its id: per-group metadata, never part of a prompt."""
+    return [key for key in row if key not in ALPACA_KEYS and key != "id"]

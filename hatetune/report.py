@@ -15,7 +15,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from . import paths
 from .model_sources import describe as describe_base
 from .parsing import INVALID, SEED_C_INVALID_NAME
-from .plots import plot_confusions, plot_loss_curves, plot_per_class_f1
+from .plots import plot_confusions, plot_heatmap, plot_loss_curves, plot_per_class_f1
+from .report_groups import functional_section, groups_section, heatmap_data
 
 SYSTEMS = (("fine-tuned", paths.EVAL), ("zero-shot", paths.ZEROSHOT), ("TF-IDF + LR baseline", paths.BASELINE))
 
@@ -179,22 +180,30 @@ def build_report(cfg, facts: Mapping, plots: Sequence[str]) -> str:
            f"prompts, decoding ({cfg.eval.mode}, max {cfg.eval.max_new_tokens} new tokens) and parser "
            f"(`{cfg.task.parser}`); an unparseable answer is `{invalid_name(cfg)}` and counts as wrong.", ""]
     out += [f"> Note: {w}" for w in warnings] + ([""] if warnings else [])
+    heatmap = next((p for p in plots if Path(p).name == paths.FUNCTIONAL_HEATMAP.name), None)
     out += ["## Results", "", results_table(systems), "",
             *decision_rule_section(facts.get("calibrations") or {}, facts.get("dev_systems") or {}),
             "macro-F1 (real labels): averaged over the task's labels (seed B's `labels=`). "
             "macro-F1 (invalid averaged in): scikit-learn's default label set, so `invalid` (F1 0) joins the "
             "average whenever it was predicted — seed C's published convention.", "",
             "### Per class", "", per_class_table(systems, labels, invalid_name(cfg)), "",
+            *groups_section(split, facts.get("groups") or {}, systems, cfg.task.breakdowns.gap),
+            *functional_section(facts.get("suite") or "", facts.get("suite_systems") or {},
+                                facts.get("suite_groups") or {}, facts.get("suite_info"),
+                                _relative(heatmap) if heatmap else None),
             "## Training", "", training_summary(train), "",
             "## Energy and emissions", "", carbon_table(measurements, estimate), "",
             "Measured: codecarbon's offline tracker per stage (without RAPL or GPU counters it estimates power from "
             "CPU load and RAM). Estimate: Lacoste et al. (2019), with the `carbon` config "
             f"({estimate.get('hours_source', 'config')}).", "",
             "## Plots", ""]
-    # links relative to report.md's folder
-    out += [f"![{Path(p).stem}]({Path(os.path.relpath(Path(p).resolve(), paths.REPORT_MD.parent.resolve())).as_posix()})"
-            for p in plots]
+    out += [f"![{Path(p).stem}]({_relative(p)})" for p in plots if p != heatmap]
     return "\n".join(out) + "\n"
+
+
+def _relative(plot: str) -> str:
+    """A plot's path relative to report.md's folder (links in the report)."""
+    return Path(os.path.relpath(Path(plot).resolve(), paths.REPORT_MD.parent.resolve())).as_posix()
 
 
 # ------------------------------------------------------------------------------------------ the report stage
@@ -238,7 +247,22 @@ def gather(cfg) -> dict:
                          for name, key in SYSTEMS if key != paths.BASELINE},
         "calibration_plots": [str(p) for p in (paths.results_base(paths.EVAL) / name for name in
                                                (paths.PR_CURVE_FILE, paths.RELIABILITY_FILE)) if p.is_file()],
+        **gather_groups(cfg, split, results),
     }
+
+
+def gather_groups(cfg, split: str, results: Mapping[str, Mapping]) -> dict:
+    """Each system's results per group on `split` and, when a functional suite was scored, on the suite."""
+    def groups(name: str) -> dict:
+        return {system: read_json(paths.results_base(key) / name / paths.GROUPS_FILE) for system, key in SYSTEMS}
+
+    found = {"groups": groups(split)}
+    suite = cfg.eval.functional.source.name if cfg.eval.functional.enabled else None
+    if suite and any(suite in r for r in results.values()):
+        found.update(suite=suite, suite_systems={name: r.get(suite) for name, r in results.items()},
+                     suite_groups=groups(suite),
+                     suite_info=read_json(paths.FUNCTIONAL_DIR / paths.FUNCTIONAL_SUMMARY))
+    return found
 
 
 def write_plots(facts: Mapping, out_dir: str | Path) -> List[str]:
@@ -255,4 +279,8 @@ def write_plots(facts: Mapping, out_dir: str | Path) -> List[str]:
     if matrices:
         plot_confusions(matrices, out_dir / "confusion.png")
         written.append(out_dir / "confusion.png")
+    grid = heatmap_data(facts.get("suite_groups") or {}, (facts.get("suite_info") or {}).get("order"))
+    if grid:
+        plot_heatmap(*grid, out_dir / paths.FUNCTIONAL_HEATMAP.name, f"{facts['suite']}: accuracy per functionality")
+        written.append(out_dir / paths.FUNCTIONAL_HEATMAP.name)
     return [str(p) for p in written]

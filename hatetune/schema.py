@@ -80,6 +80,24 @@ class ColumnsConf:
 
 
 @dataclass
+class BreakdownConf:
+    """One breakdown of the results by group (hatetune.breakdowns): an upstream column whose values are the groups
+    (split on `separator` when one cell names several), or boolean `flags` columns, each a group of its own."""
+    column: Optional[str] = None
+    separator: Optional[str] = None
+    flags: Optional[List[str]] = None
+
+
+@dataclass
+class BreakdownsConf:
+    """Per-group results on the task's own splits: the columns are kept through labels -> convert -> predictions
+    as extra keys of each row (never in the prompt)."""
+    columns: Dict[str, BreakdownConf] = field(default_factory=dict)
+    gap: Optional[str] = None  # the breakdown whose largest accuracy gap between groups is a metric
+    not_groups: List[str] = field(default_factory=list)  # values meaning "no group": shown, left out of the gap
+
+
+@dataclass
 class TaskConf:
     name: str = MISSING
     source: SourceConf = MISSING
@@ -88,6 +106,10 @@ class TaskConf:
     split: SplitConf = field(default_factory=SplitConf)
     prompt: PromptConf = MISSING
     parser: str = MISSING
+    breakdowns: BreakdownsConf = field(default_factory=BreakdownsConf)
+    # Functional test suites (eval.functional): the task label each HateCheck label stands for; a prediction
+    # counts as hateful when it is the label `hateful` maps to, as non-hateful otherwise. null: no suite.
+    functional_labels: Optional[Dict[str, str]] = None
 
 
 @dataclass
@@ -147,6 +169,9 @@ class TrainConf:
     eval_examples: Optional[int] = None  # dev rows for the eval loss (null: all)
     resume: bool = True
     nproc: int = 1
+    # LoRA initialisation and batch order only (null: the top-level `seed`, which also draws the splits and the
+    # subsample); vary it to measure how much a recipe's result depends on training luck on fixed data.
+    seed: Optional[int] = None
 
 
 @dataclass
@@ -167,6 +192,20 @@ class CalibrationConf:
     temperature: bool = True  # fit a temperature on dev so the probabilities are calibrated
 
 
+# HateCheck's test cases (Röttger et al., ACL 2021) at a pinned commit of github paul-rottger/hatecheck-data.
+HATECHECK_URL = ("https://raw.githubusercontent.com/paul-rottger/hatecheck-data/"
+                 "d84302298ceeb34f4b0dde2d8a1f4932c2caa612/test_suite_cases.csv")
+HATECHECK_SHA256 = "ecf0dc1e93fccc90b6f880e632b19e635c0f0a68b3157915a9e20b6938f121cf"
+
+
+@dataclass
+class FunctionalConf:
+    """A functional test suite in HateCheck's schema, scored by every evaluated system (hatetune.functional)."""
+    enabled: bool = False  # opt-in: `dvc exp run -S eval.functional.enabled=true`
+    source: SourceConf = field(default_factory=lambda: SourceConf(
+        name="hatecheck", kind="https", url=HATECHECK_URL, sha256=HATECHECK_SHA256, filename="test_suite_cases.csv"))
+
+
 @dataclass
 class EvalConf:
     mode: str = "greedy"  # greedy | score
@@ -183,6 +222,8 @@ class EvalConf:
     agreement: bool = True  # also compute the other mode's labels: greedy/score agreement
     baseline: BaselineConf = field(default_factory=BaselineConf)
     calibration: CalibrationConf = field(default_factory=CalibrationConf)
+    functional: FunctionalConf = field(default_factory=FunctionalConf)
+    min_group_size: int = 10  # smaller groups are shown flagged and left out of the gap between groups
 
 
 @dataclass
@@ -282,22 +323,68 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}", field=key)
 
 
+def _check_source(key: str, source) -> None:
+    _one_of(f"{key}.kind", source.kind, ("https", "hub", "local"))
+    needs = {"https": "url", "hub": "repo_id", "local": "path"}[source.kind]
+    if not source[needs]:
+        raise ConfigError(f"a {source.kind} source needs {key}.{needs}", field=f"{key}.{needs}")
+    if source.kind == "hub" and not source.revision:
+        raise ConfigError("pin a Hub dataset to a revision (commit sha or tag)", field=f"{key}.revision")
+    if source.sha256 is not None and not SHA256.fullmatch(source.sha256):
+        raise ConfigError(f"{source.sha256!r} is not a sha256 (64 hexadecimal characters; quote an all-digit "
+                          "one in YAML)", field=f"{key}.sha256")
+
+
+# Names a breakdown cannot take: the canonical table's columns, the Alpaca row's keys, a prediction record's.
+RESERVED_KEYS = ("id", "text", "label", "split", "group", "instruction", "input", "output", "system", "gold",
+                 "predicted", "raw_output")
+
+
+def _check_breakdowns_and_suite(cfg: DictConfig) -> None:
+    """task.breakdowns (per-group results) and the functional test suite (eval.functional)."""
+    task, key = cfg.task, "task.breakdowns"
+    for name, b in task.breakdowns.columns.items():
+        if name in RESERVED_KEYS:
+            raise ConfigError(f"{name!r} is taken (a column of the canonical table, a key of the Alpaca rows or of "
+                              "the predictions): name the breakdown otherwise", field=f"{key}.columns.{name}")
+        if (b.column is None) == (b.flags is None):
+            raise ConfigError("set either column (its values are the groups) or flags (boolean columns, one group "
+                              "each)", field=f"{key}.columns.{name}")
+        if b.flags is not None and (not b.flags or b.separator is not None):
+            raise ConfigError("flags must list at least one column, and take no separator",
+                              field=f"{key}.columns.{name}")
+    if task.breakdowns.gap is not None:
+        _one_of(f"{key}.gap", task.breakdowns.gap, list(task.breakdowns.columns))
+    _positive("eval.min_group_size", cfg.eval.min_group_size)
+    suite = cfg.eval.functional
+    _check_source("eval.functional.source", suite.source)
+    if suite.source.name in ("train", "dev", "test"):  # it names the suite's results beside the splits'
+        raise ConfigError("the suite's results are filed under its name: choose one that is not a split",
+                          field="eval.functional.source.name")
+    mapping = task.functional_labels
+    if mapping is not None:
+        for raw, label in mapping.items():
+            _one_of("task.functional_labels", raw, ("hateful", "non-hateful"))
+            _one_of(f"task.functional_labels.{raw}", label, list(task.labels.names))
+        if "hateful" not in mapping or mapping["hateful"] == mapping.get("non-hateful"):
+            raise ConfigError("map `hateful` to the task's hateful label (and `non-hateful`, if given, to another "
+                              "one)", field="task.functional_labels")
+    elif suite.enabled:
+        raise ConfigError(f"task {task.name!r} has no functional_labels, so a functional suite cannot be scored "
+                          "on it: set task.functional_labels.hateful (or eval.functional.enabled=false)",
+                          field="task.functional_labels")
+
+
 def _check_rules(cfg: DictConfig) -> None:
     """Rules a type cannot express. Each failure names the key."""
     _finite_numbers(OmegaConf.to_container(cfg))
     if not 0 <= cfg.seed < 2 ** 32:
         raise ConfigError(f"must be in [0, 2^32), got {cfg.seed}", field="seed")
+    if cfg.train.seed is not None and not 0 <= cfg.train.seed < 2 ** 32:
+        raise ConfigError(f"must be null or in [0, 2^32), got {cfg.train.seed}", field="train.seed")
     task = cfg.task
     _one_of("task.name", task.name, TASKS)
-    _one_of("task.source.kind", task.source.kind, ("https", "hub", "local"))
-    needs = {"https": "url", "hub": "repo_id", "local": "path"}[task.source.kind]
-    if not task.source[needs]:
-        raise ConfigError(f"a {task.source.kind} source needs task.source.{needs}", field=f"task.source.{needs}")
-    if task.source.kind == "hub" and not task.source.revision:
-        raise ConfigError("pin a Hub dataset to a revision (commit sha or tag)", field="task.source.revision")
-    if task.source.sha256 is not None and not SHA256.fullmatch(task.source.sha256):
-        raise ConfigError(f"{task.source.sha256!r} is not a sha256 (64 hexadecimal characters; quote an all-digit "
-                          "one in YAML)", field="task.source.sha256")
+    _check_source("task.source", task.source)
     if not task.labels.names:
         raise ConfigError("the label set is empty", field="task.labels.names")
     if task.labels.binning is not None:
@@ -412,6 +499,7 @@ def _check_rules(cfg: DictConfig) -> None:
         _one_of("eval.splits", s, ("train", "dev", "test"))
     if not cfg.eval.splits and not cfg.eval.data:
         raise ConfigError("nothing to evaluate: list splits or set eval.data", field="eval.splits")
+    _check_breakdowns_and_suite(cfg)
     _positive("eval.baseline.ngram_max", cfg.eval.baseline.ngram_max)
     _positive("eval.baseline.min_df", cfg.eval.baseline.min_df)
     _positive("eval.baseline.c", cfg.eval.baseline.c)

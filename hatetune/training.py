@@ -78,12 +78,17 @@ def lora_config(cfg):
                       bias=cfg.lora.bias, target_modules=targets, task_type="CAUSAL_LM")
 
 
+def training_seed(cfg) -> int:
+    """The seed of LoRA initialisation and batch order: `train.seed`, or the top-level `seed` when unset."""
+    return cfg.seed if cfg.train.seed is None else cfg.train.seed
+
+
 def attach_lora(model, cfg):
     """Wrap `model` with fresh LoRA adapters per `cfg.lora` (seeded, so reruns start from the same weights)."""
     from peft import get_peft_model
     from transformers import set_seed
 
-    set_seed(cfg.seed)
+    set_seed(training_seed(cfg))
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if cfg.train.gradient_checkpointing:
         model.enable_input_require_grads()  # the frozen 4-bit base would otherwise cut the gradient path
@@ -123,7 +128,7 @@ def training_arguments(cfg, output_dir: str | Path, precision: str, has_eval: bo
         save_total_limit=tr.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=(tr.eval_steps or tr.save_steps) if has_eval else None,
-        seed=cfg.seed,
+        seed=training_seed(cfg),
         use_cpu=cpu,
         ddp_backend=("gloo" if cpu else "nccl") if several else None,
         ddp_find_unused_parameters=False if several else None,

@@ -8,11 +8,16 @@ the training prompt code, truncated by training's rule (train.cutoff_len), and r
   macro-F1 or a target precision), applied to every split (method none: plain argmax);
 - greedy: batched decoding that stops at EOS (at most eval.max_new_tokens), parsed by task.parser.
 With eval.agreement both modes run on the same prompt pass and their agreement is reported.
+Results are also broken down by group (task.breakdowns: DynaHate's target, type, level, round; MHS's target
+identities), the largest accuracy gap between target groups a metric. With eval.functional.enabled the functional
+suite (HateCheck, from the functional_suite stage) is scored too, with the same decision rule, in its own terms
+(hateful / non-hateful through task.functional_labels): accuracy per functionality, target identity and gold label,
+the worst functionality a metric.
 
-Writes metrics/eval.json (metrics/zeroshot.json without adapter): {split: metrics}, and metrics/eval/:
-<split>/{predictions.jsonl, confusion.csv, confusion.png, classification_report.txt}, run.json and, when
-calibrated, calibration.json (the decision rule the service applies too), pr_curve.png, reliability.png;
-energy to metrics/carbon/evaluate[_zeroshot].json.
+Writes metrics/eval.json (metrics/zeroshot.json without adapter): {split or suite: metrics}, and metrics/eval/:
+<split or suite>/{predictions.jsonl, confusion.csv, confusion.png, classification_report.txt, groups.json},
+run.json and, when calibrated, calibration.json (the decision rule the service applies too), pr_curve.png,
+reliability.png; energy to metrics/carbon/evaluate[_zeroshot].json.
 
 Any Alpaca JSONL can be scored by hand: python -m stages.evaluate eval.data=rows.jsonl
 (results in metrics/external/rows.json and metrics/external/rows/).
@@ -22,7 +27,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hatetune import calibration, carbon, config, evaluation, labeling, metrics, models, paths
+from hatetune import (calibration, carbon, config, evaluation, functional, group_metrics, labeling, metrics,
+                      models, paths)
 from hatetune.errors import exit_on_error
 from hatetune.runinfo import environment
 
@@ -42,6 +48,11 @@ def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "evaluate", argv)
     ev, labels = cfg.eval, labeling.labels_of(cfg)
     sets = {name: evaluation.load_rows(path, labels) for name, path in evaluation.eval_files(cfg).items()}
+    task_sets = list(sets)  # the suite is not the task's data: no threshold fitting or PR curves on it
+    suite = functional.load(paths.FUNCTIONAL_DIR, ev.functional.source.name, cfg.task.functional_labels,
+                            cfg.task.prompt) if ev.functional.enabled else None
+    if suite is not None:
+        sets[suite.name] = (suite.rows, suite.gold)
     base_dir = paths.base_model_dir(cfg.model.name)
     adapter = Path(ev.adapter_dir or paths.adapter_dir(cfg.task.name)) if ev.adapter else None
     stage = evaluation.carbon_stage(cfg)
@@ -60,12 +71,14 @@ def main(argv=None) -> int:
         cal = ev.calibration
         rule = calibration.fit(runs["dev"]["log_probs"], gold["dev"], labels, cal.positive, cal.objective,
                                cal.target_precision, cal.temperature)
-        summary = calibration.summarise(rule, {n: r["log_probs"] for n, r in runs.items()}, gold)
+        summary = calibration.summarise(rule, {n: runs[n]["log_probs"] for n in task_sets}, gold)
         for run in runs.values():  # the service and the export apply the same rule through the same call
             labeling.apply_rule(run, rule)
         print(f"decision rule (fitted on dev): P({rule['positive']}) >= {rule['threshold']:.4f} at temperature "
               f"{rule['temperature']:g} -> dev macro-F1 {rule['dev']['macro_f1']:.4f}")
 
+    groups = group_metrics.Breakdown(positive=labels[0], min_size=ev.min_group_size, gap=cfg.task.breakdowns.gap,
+                                     not_groups=list(cfg.task.breakdowns.not_groups))
     results = {}
     for name, (rows, gold) in sets.items():
         run = runs[name]
@@ -73,10 +86,15 @@ def main(argv=None) -> int:
                    "p_positive": [round(p, 6) for p in run["p_positive"]] if "p_positive" in run else None,
                    "log_probs": [dict(zip(labels, (round(v, 4) for v in row))) for row in run["log_probs"]]
                    if run["log_probs"] else None, "truncated": run["truncated"]}
+        columns = {k: v for k, v in columns.items() if v is not None}
         extra = {**agreements(run), "truncated_prompts": sum(run["truncated"]),
-                 **(summary["metrics"][name] if summary else {})}
-        results[name] = evaluation.score(rows, gold, run["predicted"], labels, run["outputs"],
-                                         {k: v for k, v in columns.items() if v is not None}, extra)
+                 **(summary["metrics"].get(name, {}) if summary else {})}
+        if suite is not None and name == suite.name:
+            results[name] = evaluation.score_suite(suite, run["predicted"], cfg.task.functional_labels,
+                                                   ev.min_group_size, run["outputs"], columns, extra)
+        else:
+            results[name] = evaluation.score(rows, gold, run["predicted"], labels, run["outputs"], columns, extra,
+                                             breakdown=groups)
         print(evaluation.summary_line(name, results[name]["metrics"]))
 
     n = sum(r["metrics"]["n"] for r in results.values())

@@ -57,6 +57,7 @@ def test_default_composition_validates(monkeypatch):
     (["export.verify_rows=0"], "export.verify_rows"),
     (["seed=-1"], "seed"),
     (["seed=4294967296"], "seed"),
+    (["train.seed=-3"], "train.seed"),
     (["train.lr=nan"], "train.lr"),
     (["train.lr=inf"], "train.lr"),
     (["carbon.pue=nan"], "carbon.pue"),

@@ -58,7 +58,7 @@ def test_convert_writes_alpaca_jsonl_per_split(tmp_path, monkeypatch):
         assert lines, split
         for line in lines:
             row = json.loads(line)
-            assert list(row) == KEYS
+            assert list(row) == KEYS + ["target", "type", "level", "round"]  # extra keys: the breakdowns
             source = canonical.loc[row["id"]]
             assert (row["input"], row["output"], source["split"]) == (source["text"], source["label"], split)
             assert row["system"] == "Strictly respond only with the label: 'hate' or 'not hate'."

@@ -96,7 +96,8 @@ def test_dynahate_labels_and_upstream_split(tmp_path, tasks):
     rows = dynahate_rows(splits=("train", "dev", "test"))
     result = table_of(tmp_path, lambda p: write_dynahate(p, rows), "dyna.csv", tasks["dynahate"])
     table = result.table
-    assert list(table.columns) == labels.CANONICAL_COLUMNS
+    # the canonical columns, then the task's breakdowns (whom and how a post attacks; hatetune.breakdowns)
+    assert list(table.columns) == labels.CANONICAL_COLUMNS + ["target", "type", "level", "round"]
     assert set(table["label"]) == {"hate", "not hate"}
     assert table["label"].tolist() == [{"hate": "hate", "nothate": "not hate"}[r["label"]] for r in rows]
     assert table["split"].tolist() == [r["split"] for r in rows]  # the upstream column, untouched
@@ -338,7 +339,7 @@ def test_labels_stage_writes_canonical_table_and_metrics_deterministically(tmp_p
     out = tmp_path / "data/interim/dynahate"
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     metrics = (tmp_path / "metrics/data.json").read_bytes()
-    assert first[paths.LABELS_FILE].split(b"\n")[0] == b"id,text,label,split,group"
+    assert first[paths.LABELS_FILE].split(b"\n")[0] == b"id,text,label,split,group,target,type,level,round"
     assert json.loads(first[paths.SPLIT_FILE])["strategy"] == "grouped"
     assert json.loads(metrics)["rows"]["total"] == 48
 

@@ -59,6 +59,9 @@ def test_training_arguments_follow_the_config(cfg, tmp_path):
     args = training.training_arguments(cfg, tmp_path, "fp32", has_eval=False)
     assert args.warmup_steps == 5 and args.max_steps == 1000 and args.optim == "paged_adamw_8bit"
     assert args.train_sampling_strategy == "random" and not args.bf16 and args.eval_strategy == "no"
+    assert args.seed == cfg.seed
+    cfg.train.seed = cfg.seed + 1  # train.seed: LoRA init and batch order only, the data stay as they were
+    assert training.training_arguments(cfg, tmp_path, "fp32", has_eval=False).seed == cfg.seed + 1
 
 
 def test_lora_alpha_defaults_to_twice_r_and_targets_pass_through(cfg):

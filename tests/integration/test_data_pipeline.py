@@ -29,7 +29,8 @@ def test_repro_convert_on_a_dynahate_mirror_then_nothing_to_do(project_repo, tmp
 
     for split in SPLITS:
         rows = jsonl_rows(project_repo / "data/processed/dynahate" / f"{split}.jsonl")
-        assert rows and all(set(r) == {"instruction", "input", "output", "system", "id"} for r in rows)
+        assert rows and all(set(r) == {"instruction", "input", "output", "system", "id", "target", "type", "level",
+                                       "round"} for r in rows)
     metrics = json.loads((project_repo / "metrics/data.json").read_text())
     assert metrics["split_strategy"] == "grouped" and metrics["rows"]["total"] == 120
     assert "re-split" in metrics["warnings"][0]

@@ -10,8 +10,8 @@ import pytest
 
 from integration.conftest import make_tiny_project, ran_stages, run  # tests/ is on sys.path
 
-ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "train", "evaluate", "evaluate_zeroshot",
-              "baseline", "report", "export"}
+ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "train", "functional_suite", "evaluate",
+              "evaluate_zeroshot", "baseline", "report", "export"}
 
 
 @pytest.fixture
