@@ -1,7 +1,9 @@
 """python -m hatetune.serve [key=value ...]: serve what the pipeline trained (README: Serving).
 
 Reads params.yaml plus `key=value` overrides, like the stages: serve.* (address, backend, adapter, limits, request
-log), and the evaluate stage's settings the labels depend on (task, model, eval.*, train.cutoff_len). Examples:
+log), and the evaluate stage's settings the labels depend on (task, model, eval.*, train.cutoff_len). In score mode
+the label goes through the decision rule evaluate fitted on dev (metrics/eval/calibration.json, or serve.calibration).
+Examples:
   python -m hatetune.serve                                    # 127.0.0.1:5000, base + the trained adapter
   python -m hatetune.serve serve.adapter=null serve.port=5001 # the base model alone
   python -m hatetune.serve serve.backend=ollama eval.mode=greedy eval.calibration.method=none
