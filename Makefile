@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stage commands call `python`: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test params check-params clean-venv
+.PHONY: install run test serve params check-params clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The inference service on what the pipeline trained (http://127.0.0.1:5000). Overrides: make serve ARGS="serve.port=5001"
+serve: $(STAMP)
+	$(BIN)/python -m hatetune.serve $(ARGS)
 
 # Regenerate params.yaml from conf/ (dvc repro reads params.yaml; dvc exp run recomposes it).
 params: $(STAMP)

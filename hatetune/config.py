@@ -24,7 +24,7 @@ from .errors import ConfigError, HatetuneError, exit_on_error
 from .io import foreign_encoding, owner_only
 from .schema import Config, validate
 
-GROUPS = ("task", "model", "lora", "train", "eval", "carbon", "experiment")
+GROUPS = ("task", "model", "lora", "train", "eval", "carbon", "serve", "export", "experiment")
 PARAMS_FILE = "params.yaml"
 DVC_FILE = "dvc.yaml"
 _ABSENT = object()

@@ -98,15 +98,7 @@ def materialise(source: Mapping[str, Any], out_dir: str | Path, mirror: Optional
     """Make the resolved `source` loadable at `out_dir` (see the module docstring), atomically."""
     out_dir = Path(out_dir)
     if source["kind"] == "gguf":
-        if mirror is None:
-            raise HatetuneError("the base model comes from the offline mirror but no mirror is set "
-                                "(download.mirror or $HATETUNE_MIRROR): rerun `dvc repro`", field="download.mirror")
-        gguf = mirror / source["file"]
-        got = sha256_file(gguf) if gguf.is_file() else None
-        if got != source["sha256"]:
-            raise HatetuneError(f"the mirror's file changed since the sources stage ran (sha256 {got}, expected "
-                                f"{source['sha256']}): rerun `dvc repro`", file=str(gguf))
-        convert_gguf(gguf, out_dir, dict(source), trust_remote_code=trust_remote_code)
+        convert_gguf(source_gguf(source, mirror), out_dir, dict(source), trust_remote_code=trust_remote_code)
         return out_dir
     if source["kind"] == "hub":
         download_hub_snapshot(source["hub_id"], source["revision"])
@@ -114,6 +106,19 @@ def materialise(source: Mapping[str, Any], out_dir: str | Path, mirror: Optional
         tmp.mkdir(parents=True)
         write_json(tmp / SOURCE_FILE, dict(source))
     return out_dir
+
+
+def source_gguf(source: Mapping[str, Any], mirror: Optional[Path]) -> Path:
+    """The mirror GGUF file a resolved `gguf` source names, checked against the sha256 the sources stage saw."""
+    if mirror is None:
+        raise HatetuneError("the base model comes from the offline mirror but no mirror is set "
+                            "(download.mirror or $HATETUNE_MIRROR): rerun `dvc repro`", field="download.mirror")
+    gguf = mirror / source["file"]
+    got = sha256_file(gguf) if gguf.is_file() else None
+    if got != source["sha256"]:
+        raise HatetuneError(f"the mirror's file changed since the sources stage ran (sha256 {got}, expected "
+                            f"{source['sha256']}): rerun `dvc repro`", file=str(gguf))
+    return gguf
 
 
 def download_hub_snapshot(hub_id: str, revision: str) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 DATA = Path("data")
 MODELS = Path("models")
 METRICS = Path("metrics")
+LOGS = Path("logs")
 SPLITS = ("train", "dev", "test")
 LABELS_FILE, SPLIT_FILE = "labels.csv", "split.json"  # the labels stage's files in interim_dir
 POSTS_FILE = "posts.jsonl"  # a generation task's canonical table in interim_dir (one post per line, with its links)
@@ -109,6 +110,15 @@ def release_dir(task: str) -> Path:
     return MODELS / "release" / task
 
 
+def export_dir(task: str) -> Path:
+    """The export stage's output: the merged model as GGUF + an Ollama Modelfile (or, for a base without a source
+    GGUF, the merged Hugging Face folder that llama.cpp's converter reads)."""
+    return MODELS / "export" / task
+
+
+GGUF_FILE, MODELFILE, MERGED_DIR = "model.gguf", "Modelfile", "merged"  # the files of export_dir
+
+
 # --------------------------------------------------------------------------------------------- metrics
 DATA_METRICS = METRICS / "data.json"
 TRAIN_METRICS = METRICS / "train.json"
@@ -119,6 +129,7 @@ REPORT_MD = METRICS / "report.md"
 REPORT_DIR = METRICS / "report"
 CARBON_DIR = METRICS / "carbon"
 CARBON_TOTAL = CARBON_DIR / "total.json"
+EXPORT_METRICS = METRICS / "export.json"
 # The systems every report compares: fine-tuned, zero-shot and the TF-IDF baseline (results_base names).
 EVAL, ZEROSHOT, BASELINE = "eval", "zeroshot", "baseline"
 JUDGE = "judge"  # a generation task's judged replies (hateful-reply rates) and the judge's own test scores
@@ -160,6 +171,15 @@ def carbon_file(stage: str) -> Path:
     return CARBON_DIR / f"{stage}.json"
 
 
+def predictions_file(name: str, split: str) -> Path:
+    """The per-example records of one evaluated split (what the export stage compares the GGUF's labels with)."""
+    return results_base(name) / split / PREDICTIONS_FILE
+
+
+# ------------------------------------------------------------------------------------------------- serve
+REQUEST_LOG = LOGS / "requests.sqlite"  # the service's request log (serve.log_db); not a DVC output
+
+
 def pipeline_paths(task: str, model: str) -> set[Path]:
     """The paths dvc.yaml names for one task and model (its deps, outs, metrics and plots); a test checks that
     dvc.yaml names exactly these."""
@@ -167,9 +187,10 @@ def pipeline_paths(task: str, model: str) -> set[Path]:
              split_file(task, "train"), split_file(task, "dev"), base_source_file(model), base_model_dir(model),
              adapter_dir(task), checkpoint_dir(task), release_dir(task), DATA_METRICS, TRAIN_METRICS, TRAIN_RUN,
              TRAIN_CURVES, TRAIN_CURVE_PLOTS, REPORT_MD, REPORT_DIR, CARBON_TOTAL, confusion_csv(EVAL, "test"),
-             FUNCTIONAL_SOURCE_FILE, FUNCTIONAL_RAW_DIR, FUNCTIONAL_DIR, replies_dir(task), judge_source_file(task)}
+             FUNCTIONAL_SOURCE_FILE, FUNCTIONAL_RAW_DIR, FUNCTIONAL_DIR, replies_dir(task), judge_source_file(task),
+             split_file(task, "test"), export_dir(task), EXPORT_METRICS}
     for name in (EVAL, ZEROSHOT, BASELINE, JUDGE):
         found |= {results_base(name), results_json(results_base(name))}
-    found |= {carbon_file(stage) for stage in ("train", "evaluate", "evaluate_zeroshot", "replies", "judge")}
+    found |= {carbon_file(stage) for stage in ("train", "evaluate", "evaluate_zeroshot", "replies", "judge", "export")}
     found |= {REPORT_DIR / f"{name}.png" for name in ("loss", "per_class_f1", "confusion")}
     return found

@@ -38,6 +38,12 @@ def alpaca_row(instruction: str, input: str, output: str, system: str = "", id: 
     return row
 
 
+def input_row(text: str, prompt_cfg: Mapping[str, Any]) -> dict:
+    """The Alpaca row of a text to label, as the convert stage writes a post of the task (no answer): what the
+    service and the export's checks send through the model."""
+    return alpaca_row(prompt_cfg["instruction"], text, "", prompt_cfg.get("system") or "")
+
+
 def user_message(row: Mapping[str, Any]) -> str:
     """The user turn: instruction and input joined by a newline, as LLaMA-Factory's alpaca converter does."""
     return "\n".join(part for part in (row.get("instruction") or "", row.get("input") or "") if part)
@@ -146,6 +152,28 @@ def fit_to_cutoff(prompt_ids: list[int], answer_len: int, cutoff_len: int) -> tu
         return list(prompt_ids), False
     tail = min(PROMPT_TAIL_TOKENS, budget // 2)
     return list(prompt_ids[:budget - tail]) + (list(prompt_ids[len(prompt_ids) - tail:]) if tail else []), True
+
+
+def prompt_text(row: Mapping[str, Any], prompt_cfg: Mapping[str, Any], tokenizer, answer_start: str,
+                answer_len: int, cutoff_len: int) -> tuple[str, bool]:
+    """The prompt of `row` as text for a server that tokenises it itself (Ollama, vLLM, llama.cpp), meant to give
+    the ids evaluation feeds the model (`encode_prompt` cut by `fit_to_cutoff`); and whether it was cut.
+
+    The text is `build_prompt`'s when it tokenises to those ids; without its trailing whitespace when that belongs
+    to the answer's first token (a raw template ending in a space, SentencePiece: training saw `▁Hate`); otherwise
+    (a cut prompt) the text of the kept ids, which a server re-tokenising it may split differently at the cut.
+    A BOS the tokenizer adds is left to the server (the exported GGUF's `add_bos_token` says the same).
+    """
+    special = adds_special_tokens(prompt_cfg)
+    ids, cut = fit_to_cutoff(encode_prompt(row, prompt_cfg, tokenizer, answer_start), answer_len, cutoff_len)
+    if not cut:
+        prompt = build_prompt(row, prompt_cfg, tokenizer)
+        for text in (prompt, prompt.rstrip()):
+            if tokenizer(text, add_special_tokens=special)["input_ids"] == ids:
+                return text, False
+    if special and ids and ids[0] == tokenizer.bos_token_id:
+        ids = ids[1:]
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), cut
 
 
 def alpaca_rows(table: Iterable[Mapping[str, Any]], prompt_cfg: Mapping[str, Any],

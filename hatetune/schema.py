@@ -18,6 +18,8 @@ from .errors import ConfigError
 # Only what is implemented end to end: a task or parser that evaluate cannot handle fails here, not after training.
 TASKS = ("dynahate", "mhs", "stophate")
 PARSERS = ("dynahate_regex", "mhs_substring", "stop_message")
+SERVE_BACKENDS = ("transformers", "ollama", "openai")
+EXPORT_QTYPES = ("Q8_0", "F16", "F32")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # classification: the answer is a label (parsed or scored); generation: the answer is a chat reply, judged for
 # stopping and for hate (Stop-Hate).
@@ -296,6 +298,40 @@ class DataConf:
 
 
 @dataclass
+class ServeConf:
+    """The inference service (`python -m hatetune.serve`; not a DVC stage)."""
+    host: str = "127.0.0.1"
+    port: int = 5000
+    backend: str = "transformers"  # transformers | ollama | openai
+    adapter: Optional[str] = "trained"  # trained: the train stage's adapter; null: the base model alone; or a folder
+    calibration: Optional[str] = None  # score mode's decision rule; null: the evaluate stage's for the served model
+    url: Optional[str] = None  # ollama / openai server; null: the backend's usual local address
+    remote_model: Optional[str] = None  # the model's name on that server; null: hatetune-<task>
+    remote_api_key_env: Optional[str] = None  # environment variable holding the remote server's API key
+    remote_timeout_s: float = 60.0
+    threads: int = 8  # waitress worker threads (HTTP); the model runs in one batching thread
+    max_batch_size: int = 16
+    max_wait_ms: float = 10.0
+    max_queue: int = 256  # texts waiting for the model; more -> 503 + Retry-After
+    request_timeout_s: float = 60.0
+    max_body_bytes: int = 1048576
+    max_texts: int = 64
+    max_text_chars: int = 10000
+    api_key_env: Optional[str] = "HATETUNE_API_KEY"  # when this variable is set, requests need its value
+    log_db: Optional[str] = None  # null: logs/requests.sqlite
+    log_text: str = "hash"  # text | hash | none
+    retention_days: Optional[int] = 30  # null: keep every row
+
+
+@dataclass
+class ExportConf:
+    """The export stage: merged model -> GGUF + Ollama Modelfile, verified."""
+    qtype: str = "Q8_0"  # Q8_0 | F16 | F32
+    verify_rows: Optional[int] = None  # test rows scored to verify the GGUF (null: all)
+    min_agreement: float = 0.9  # fail below this GGUF/merged-model label agreement (a broken export)
+
+
+@dataclass
 class PrivacyConf:
     owner_only: bool = True  # data/, models/, the DVC cache and every file a stage writes: owner-only
 
@@ -311,6 +347,8 @@ class Config:
     train: TrainConf = field(default_factory=TrainConf)
     eval: EvalConf = field(default_factory=EvalConf)
     carbon: CarbonConf = field(default_factory=CarbonConf)
+    serve: ServeConf = field(default_factory=ServeConf)
+    export: ExportConf = field(default_factory=ExportConf)
     privacy: PrivacyConf = field(default_factory=PrivacyConf)
 
 
@@ -519,6 +557,30 @@ def _check_rules(cfg: DictConfig) -> None:
         _positive("carbon.hours", cfg.carbon.hours, allow_zero=True)
     for key in ("device_power_w", "pue", "carbon_intensity_kg_per_kwh"):
         _positive(f"carbon.{key}", cfg.carbon[key])
+    _check_serve(cfg.serve)
+    _one_of("export.qtype", cfg.export.qtype, EXPORT_QTYPES)
+    if cfg.export.verify_rows is not None:
+        _positive("export.verify_rows", cfg.export.verify_rows)
+    if not 0 <= cfg.export.min_agreement <= 1:
+        raise ConfigError(f"must be in [0, 1], got {cfg.export.min_agreement}", field="export.min_agreement")
+
+
+def _check_serve(s: DictConfig) -> None:
+    _one_of("serve.backend", s.backend, SERVE_BACKENDS)
+    _one_of("serve.log_text", s.log_text, ("text", "hash", "none"))
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"must be a TCP port (1-65535), got {s.port}", field="serve.port")
+    for key in ("threads", "max_batch_size", "max_queue", "request_timeout_s", "max_body_bytes", "max_texts",
+                "max_text_chars", "remote_timeout_s"):
+        _positive(f"serve.{key}", s[key])
+    _positive("serve.max_wait_ms", s.max_wait_ms, allow_zero=True)
+    if s.retention_days is not None:
+        _positive("serve.retention_days", s.retention_days)
+    if s.max_texts > s.max_queue:
+        raise ConfigError(f"a request of max_texts ({s.max_texts}) texts could never fit in the queue "
+                          f"(serve.max_queue {s.max_queue})", field="serve.max_texts")
+    if s.url is not None and not s.url.startswith(("http://", "https://")):
+        raise ConfigError(f"must start with http:// or https://, got {s.url!r}", field="serve.url")
 
 
 def _check_generation_task(cfg: DictConfig) -> None:

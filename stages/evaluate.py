@@ -34,8 +34,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hatetune import (calibration, carbon, config, evaluation, functional, generation, group_metrics, inference,
-                      metrics, models, parsing, paths)
+from hatetune import (calibration, carbon, config, evaluation, functional, generation, group_metrics,
+                      labeling, metrics, models, paths)
 from hatetune.errors import HatetuneError, exit_on_error
 from hatetune.io import read_jsonl
 from hatetune.runinfo import environment
@@ -87,8 +87,7 @@ def main(argv=None) -> int:
         adapter = Path(cfg.eval.adapter_dir or paths.adapter_dir(cfg.task.name)) if cfg.eval.adapter else None
         return evaluate_generation(cfg, paths.base_model_dir(cfg.model.name), adapter,
                                    evaluation.carbon_stage(cfg))
-    ev, labels = cfg.eval, list(cfg.task.labels.names)
-    parse = parsing.get_parser(cfg.task.parser, labels)
+    ev, labels = cfg.eval, labeling.labels_of(cfg)
     sets = {name: evaluation.load_rows(path, labels) for name, path in evaluation.eval_files(cfg).items()}
     task_sets = list(sets)  # the suite is not the task's data: no threshold fitting or PR curves on it
     suite = functional.load(paths.FUNCTIONAL_DIR, ev.functional.source.name, cfg.task.functional_labels,
@@ -105,10 +104,7 @@ def main(argv=None) -> int:
         tokenizer = models.load_tokenizer(adapter or base_dir, cfg.model, padding_side="left")
         model = models.load_model(cfg.model, base_dir, quantize=not ev.unquantized_base, adapter_dir=adapter)
         for name, (rows, _) in sets.items():
-            runs[name] = inference.classify(model, tokenizer, rows, cfg.task.prompt, labels, parse, mode=ev.mode,
-                                            score_method=ev.score_method, max_new_tokens=ev.max_new_tokens,
-                                            batch_size=ev.batch_size, cutoff_len=cfg.train.cutoff_len,
-                                            prefix_cache=ev.prefix_cache, agreement=ev.agreement, desc=name)
+            runs[name] = labeling.classify_rows(model, tokenizer, rows, cfg, progress=True, desc=name)
 
     summary = None
     if ev.mode == "score" and ev.calibration.method == "threshold":
@@ -117,9 +113,8 @@ def main(argv=None) -> int:
         rule = calibration.fit(runs["dev"]["log_probs"], gold["dev"], labels, cal.positive, cal.objective,
                                cal.target_precision, cal.temperature)
         summary = calibration.summarise(rule, {n: runs[n]["log_probs"] for n in task_sets}, gold)
-        for run in runs.values():
-            run["predicted"], run["p_positive"] = calibration.apply(rule, run["log_probs"])
-            run["outputs"] = run["predicted"]
+        for run in runs.values():  # the service and the export apply the same rule through the same call
+            labeling.apply_rule(run, rule)
         print(f"decision rule (fitted on dev): P({rule['positive']}) >= {rule['threshold']:.4f} at temperature "
               f"{rule['temperature']:g} -> dev macro-F1 {rule['dev']['macro_f1']:.4f}")
 

@@ -46,7 +46,7 @@ def test_the_check_fails_when_a_needed_module_is_missing_or_one_too_many(dvc):
 
 def test_package_init_files_hold_no_code():
     """They are left out of the stages' deps, which is exact only while they define nothing that runs."""
-    for init in (ROOT / "hatetune/__init__.py", ROOT / "stages/__init__.py"):
+    for init in sorted((ROOT / "hatetune").rglob("__init__.py")) + [ROOT / "stages/__init__.py"]:
         body = ast.parse(init.read_text()).body
         for node in body:
             is_docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
@@ -150,7 +150,7 @@ def _path_literals(path: Path) -> list[str]:
 
 
 def test_no_path_literal_outside_the_paths_module():
-    files = sorted((ROOT / "hatetune").glob("*.py")) + sorted((ROOT / "stages").glob("*.py"))
+    files = sorted((ROOT / "hatetune").rglob("*.py")) + sorted((ROOT / "stages").glob("*.py"))
     offenders = {f.relative_to(ROOT).as_posix(): _path_literals(f) for f in files if f.name != "paths.py"}
     assert {f: lits for f, lits in offenders.items() if lits} == {}
     assert _path_literals(ROOT / "hatetune/paths.py")  # the scan does see literals where they are

@@ -221,3 +221,30 @@ def test_dialogue_history_renders_as_earlier_turns(llama2_tokenizer):
     assert chatml.decode(answer_ids) == "a reply<|im_end|>"  # the loss is on the last answer only
     with pytest.raises(HatetuneError, match="task.prompt.format"):
         prompts.build_prompt(row, {"format": "raw", "template": "{input}"})
+
+
+# --------------------------------------------------------------------------------- prompts sent as text
+def test_input_row_is_the_convert_stage_row_of_a_post(tasks):
+    [converted] = prompts.alpaca_rows([{"id": "x", "text": "a post", "label": "hate"}], tasks["dynahate"].prompt)
+    converted.pop("id")
+    assert prompts.input_row("a post", tasks["dynahate"].prompt) == {**converted, "output": ""}
+
+
+@pytest.mark.parametrize("task", ["dynahate", "mhs"])
+def test_prompt_text_tokenises_to_the_ids_evaluation_feeds(tasks, task, sentencepiece_tokenizer):
+    """What a remote server gets: text that tokenises to encode_prompt's ids. ChatML (byte-level) is build_prompt
+    itself; seed C's raw template ends in a space that training folds into `▁Hate`, so its text drops that space;
+    a cut prompt is the text of the kept ids."""
+    cfg = tasks[task].prompt
+    tokenizer = build_tokenizer() if task == "dynahate" else sentencepiece_tokenizer
+    labels = list(tasks[task].labels.names)
+    special = prompts.adds_special_tokens(cfg)
+    for post in ("they are vermin", " ".join(["people"] * 300)):
+        row = prompts.input_row(post, cfg)
+        text, cut = prompts.prompt_text(row, cfg, tokenizer, labels[0], 3, 128)
+        ids, expected_cut = prompts.fit_to_cutoff(prompts.encode_prompt(row, cfg, tokenizer, labels[0]), 3, 128)
+        assert cut == expected_cut == (len(post) > 100)
+        assert tokenizer(text, add_special_tokens=special)["input_ids"] == ids
+        if not cut:
+            full = prompts.build_prompt(row, cfg, tokenizer)
+            assert text == (full if task == "dynahate" else full.rstrip()) and full.endswith(" ") == (task == "mhs")

@@ -54,10 +54,11 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def make_tiny_project(repo: Path, tmp_path: Path, model_dir: Path, train: dict, max_examples: dict,
+def make_tiny_project(repo: Path, tmp_path: Path, model_dir: Path | None, train: dict, max_examples: dict,
                       eval: dict | None = None) -> tuple[Path, dict]:
-    """Point the project's conf/ at a tiny local model, size it for seconds, recompose params.yaml and commit;
-    write a generated DynaHate mirror. Returns the repo and the environment for its dvc commands."""
+    """Point the project's conf/ at a tiny local model (None: leave the model to the mirror, e.g. a tiny GGUF put
+    there), size it for seconds, recompose params.yaml and commit; write a generated DynaHate mirror. Returns the
+    repo and the environment for its dvc commands."""
     import yaml
 
     from upstream_fixtures import write_dynahate
@@ -69,7 +70,8 @@ def make_tiny_project(repo: Path, tmp_path: Path, model_dir: Path, train: dict, 
         path.write_text(yaml.safe_dump(data, sort_keys=False))
 
     conf = repo / "conf"
-    update(conf / "model" / "smollm2_135m_instruct.yaml", {"path": str(model_dir)})
+    if model_dir is not None:
+        update(conf / "model" / "smollm2_135m_instruct.yaml", {"path": str(model_dir)})
     update(conf / "train" / "cpu.yaml", train)
     if eval:
         update(conf / "eval" / "default.yaml", eval)

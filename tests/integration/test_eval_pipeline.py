@@ -11,7 +11,7 @@ import pytest
 from integration.conftest import make_tiny_project, ran_stages, run  # tests/ is on sys.path
 
 ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "replies", "train", "functional_suite",
-              "evaluate", "evaluate_zeroshot", "baseline", "judge", "report"}
+              "evaluate", "evaluate_zeroshot", "baseline", "judge", "report", "export"}
 
 
 @pytest.fixture
@@ -66,6 +66,12 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
     peft_card = repo / "models/adapter/dynahate/README.md"  # peft writes a stub card; the train stage's output
     assert not peft_card.exists() or "Content warning" not in peft_card.read_text()  # ... stays untouched
 
+    # a base without a source GGUF (here a local folder) is exported as the merged Hugging Face model
+    exported = json.loads((repo / "metrics/export.json").read_text())
+    assert exported["format"] == "merged_hf" and exported["agreement_merged_evaluate"] is not None
+    assert (repo / "models/export/dynahate/merged/model.safetensors").is_file()
+    assert (repo / "models/export/dynahate/Modelfile").is_file()
+
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
     for path in ("metrics/train.json", "metrics/eval.json", "metrics/zeroshot.json", "metrics/baseline.json",
                  "metrics/carbon/evaluate.json", "metrics/carbon/total.json"):
@@ -77,7 +83,7 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
     run(["git", "commit", "-qm", "baseline run"], repo)
     exp = run(["dvc", "exp", "run", "-S", "lora.r=16"], repo, env=env)
     # judge reads the evaluate stage's output: for a classifier it only writes "not applicable"
-    assert ran_stages(exp.stdout) == ["sources", "train", "evaluate", "judge", "report"], exp.stdout
+    assert ran_stages(exp.stdout) == ["sources", "train", "evaluate", "judge", "report", "export"], exp.stdout
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
     train_diff = diff.get("diff", diff)["metrics/train.json"]  # the workspace (experiment) against HEAD
     assert train_diff["trainable_params"]["new"] == 2 * train_diff["trainable_params"]["old"], train_diff
