@@ -81,7 +81,8 @@ def test_exp_run_task_mhs_against_an_mhs_mirror(project_repo, tmp_path):
     run(["dvc", "exp", "run", "-S", "task=mhs", "convert"], project_repo, env=env)
 
     canonical = (project_repo / "data/interim/mhs/labels.csv").read_text(encoding="utf-8")
-    assert canonical.splitlines()[0] == "id,text,label,split,group" and len(canonical.splitlines()) == 61
+    # `target`: the breakdown column (task.breakdowns), the identities at least half of a comment's annotators ticked
+    assert canonical.splitlines()[0] == "id,text,label,split,group,target" and len(canonical.splitlines()) == 61
     outputs = {r["output"] for s in SPLITS for r in jsonl_rows(project_repo / "data/processed/mhs" / f"{s}.jsonl")}
     assert outputs == {"Hate", "Neutral", "Supportive"}
     metrics = json.loads((project_repo / "metrics/data.json").read_text())
