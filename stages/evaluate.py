@@ -89,9 +89,10 @@ def evaluate_generation(cfg, base_dir: Path, adapter: Path | None, stage: str | 
     for name, decodings in scored.items():
         for decoding, result in decodings.items():
             m = result["metrics"]
+            hateful, other = ("–" if m[k] is None else f"{m[k]:.0%}" for k in ("stop_rate_hateful",
+                                                                               "stop_rate_non_hateful"))
             print(f"{suite.name}: {name} [{decoding}]: functional accuracy {m['functional_accuracy']:.2%}, stop rate "
-                  f"{m['stop_rate_hateful']:.0%} on hateful / {m['stop_rate_non_hateful']:.0%} on non-hateful cases "
-                  f"(n={m['n']})")
+                  f"{hateful} on hateful / {other} on non-hateful cases (n={m['n']})")
     base = evaluation.output_base(cfg)
     suite_info = ({"functional": {"name": suite.name, "cases": len(suite.rows),
                                   "max_per_functionality": g.functional.max_per_functionality,
