@@ -18,11 +18,13 @@ targets, ...). Every case of a functionality has the same gold label, `hateful` 
   and the gap between target identities as metrics.
 - `REFERENCE`: published results on HateCheck, shown in the report marked as such.
 
-Extension point, generation tasks (Stop-Hate, issue 10; not implemented): such a task answers a case with a reply,
-not a label. Once its replies are classified as stopping the conversation or not, that outcome takes the place of
-the label here: `task.functional_labels: {hateful: <stop outcome>}`, and `positive_rate` per functionality
-(`group_metrics`) is the stop rate: hateful functionalities should be stopped; counter-speech, reclaimed slurs and
-negated hate should not. Until then a task without functional_labels cannot enable a suite (schema).
+Generation tasks (Stop-Hate, `hatetune.generation`): such a task answers a case with a reply, not a label. Its
+outcome is `stop` (the reply is the stop message, `parsing.is_stop`) or `reply`, and `STOP_LABELS` maps it onto
+the suite's labels as `task.functional_labels` does a classifier's: a stop counts as `hateful`. The same scoring
+(`evaluation.score_suite_replies`) then gives the functional accuracy (stopped iff hateful), and `positive_rate`
+per group (`group_metrics`) is the stop rate per functionality, target identity and gold label: hateful cases
+should be stopped; counter-speech, reclaimed slurs, negated hate should not. `sample` caps the cases per
+functionality (eval.generation.functional.max_per_functionality), since every system answers every case.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import pandas as pd
 
 from .errors import HatetuneError
 from .io import atomic_path, read_jsonl, write_json, write_jsonl
-from .parsing import INVALID
+from .parsing import INVALID, is_stop
 from .paths import FUNCTIONAL_CASES, FUNCTIONAL_SUMMARY
 from .prompts import alpaca_rows
 
@@ -46,6 +48,9 @@ COLUMNS = ["functionality", "case_id", "test_case", "label_gold", "target_ident"
 FUNCTIONALITY, TARGET = "functionality", "target_ident"
 EXTRA_KEYS = (FUNCTIONALITY, TARGET, "direction")  # carried into the predictions; broken down by, with gold
 NO_DIRECTION = "-"
+# A generation task's outcome on a case, and its label map: a stop is the case treated as hateful
+STOP, REPLY = "stop", "reply"
+STOP_LABELS = {HATEFUL: STOP}
 # Published results on HateCheck's 3,728 cases (accuracy, macro-F1 over hateful / non-hateful), as quoted in
 # issue 11 from Röttger et al. (2021). Not run here: reference points only.
 REFERENCE_SOURCE = "Röttger et al. (ACL 2021), HateCheck: Functional Tests for Hate Speech Detection Models"
@@ -163,3 +168,26 @@ def as_suite_labels(predicted: Sequence[str], label_map: Mapping[str, str]) -> L
     """Task labels -> hateful / non-hateful (see the module docstring); `invalid` stays invalid."""
     hateful = label_map[HATEFUL]
     return [INVALID if p == INVALID else HATEFUL if p == hateful else NON_HATEFUL for p in predicted]
+
+
+def sample(suite: Suite, max_per_functionality: Optional[int], seed: int) -> Suite:
+    """At most `max_per_functionality` cases of each functionality (None: all): a sample seeded by (seed,
+    functionality), so a functionality's cases do not depend on the others; in file order."""
+    import zlib
+
+    if max_per_functionality is None:
+        return suite
+    keep: List[int] = []
+    for name in dict.fromkeys(r[FUNCTIONALITY] for r in suite.rows):
+        part = [i for i, r in enumerate(suite.rows) if r[FUNCTIONALITY] == name]
+        if len(part) > max_per_functionality:
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+            part = [part[i] for i in rng.choice(len(part), size=max_per_functionality, replace=False)]
+        keep += part
+    keep.sort()
+    return Suite(name=suite.name, rows=[suite.rows[i] for i in keep], gold=[suite.gold[i] for i in keep])
+
+
+def stop_outcomes(replies: Sequence[str], stop_message: str) -> List[str]:
+    """A generation task's replies -> `stop` (the reply is the stop message) or `reply`."""
+    return [STOP if is_stop(reply, stop_message) else REPLY for reply in replies]

@@ -7,6 +7,8 @@
   `max_prompts` per set, a seeded sample: the same posts for every system.
 - Decodings: `sampled` (temperature, top_p, seeded per prompt, as the paper) and `greedy`, at most
   `max_new_tokens` new tokens, through `hatetune.inference` (the prompt built by `hatetune.prompts`).
+- With eval.functional.enabled, every system also answers a functional suite's cases (`answer_suite`; HateCheck,
+  `hatetune.functional`), with eval.generation.functional.decodings: its stop rate per functionality.
 - Counted per set (`set_metrics`): the stop rate (the reply IS the stop message, `parsing.is_stop`), which on
   non-hateful posts is the over-refusal rate; replies that mention the stop message; replies the token cap cut;
   prompts the cutoff cut. Hateful-reply rates come from the judge stage (`hatetune.judge`).
@@ -21,6 +23,7 @@ from typing import Dict, List, Mapping, Sequence
 from . import inference
 from .io import atomic_path, read_jsonl, write_json, write_jsonl
 from .parsing import is_stop, mentions_stop
+from .paths import GROUPS_FILE, PREDICTIONS_FILE
 from .sampling import Sampling
 
 HATEFUL_SETS = ("conan", "dynahate_hate")
@@ -96,39 +99,82 @@ def set_metrics(records: Sequence[Mapping], sets: Sequence[str]) -> dict:
     return out
 
 
+def _answers(model, tokenizer, rows: Sequence[Mapping], cfg, adapter: bool, decodings: Sequence[str], label: str = ""):
+    """(system, decoding, (texts, finished, prompt cut)) for every system and decoding, each on all `rows`."""
+    g = cfg.eval.generation
+    for name, system in systems(cfg.task, adapter).items():
+        for decoding in decodings:
+            sampling = Sampling(g.temperature, g.top_p, cfg.seed) if decoding == "sampled" else None
+            yield name, decoding, generate(
+                model, tokenizer, rows, cfg.task.prompt, system=system, max_new_tokens=g.max_new_tokens,
+                cutoff_len=cfg.train.cutoff_len, sampling=sampling, batch_size=cfg.eval.batch_size,
+                prefix_cache=cfg.eval.prefix_cache, desc=f"{label}{name} ({decoding})")
+
+
 def evaluate_systems(model, tokenizer, rows: Sequence[Mapping], cfg, adapter: bool) -> Dict[str, Dict[str, dict]]:
     """{system: {decoding: {"records": [...], "metrics": set_metrics}}} for every system and decoding."""
     g, stop_message = cfg.eval.generation, cfg.task.stop_message
     results: Dict[str, Dict[str, dict]] = {}
-    for name, system in systems(cfg.task, adapter).items():
-        for decoding in g.decodings:
-            sampling = Sampling(g.temperature, g.top_p, cfg.seed) if decoding == "sampled" else None
-            texts, finished, truncated = generate(
-                model, tokenizer, rows, cfg.task.prompt, system=system, max_new_tokens=g.max_new_tokens,
-                cutoff_len=cfg.train.cutoff_len, sampling=sampling, batch_size=cfg.eval.batch_size,
-                prefix_cache=cfg.eval.prefix_cache, desc=f"{name} ({decoding})")
-            records = [{"id": row["id"], "set": row["set"], "label": row["label"], "source": row["source"],
-                        "input": row["input"], **({"history": row["history"]} if row.get("history") else {}),
-                        "reply": text, "finished": done, "truncated": cut, "stop": is_stop(text, stop_message),
-                        "stop_mentioned": mentions_stop(text, stop_message)}
-                       for row, text, done, cut in zip(rows, texts, finished, truncated)]
-            results.setdefault(name, {})[decoding] = {"records": records,
-                                                      "metrics": set_metrics(records, g.sets)}
+    for name, decoding, (texts, finished, truncated) in _answers(model, tokenizer, rows, cfg, adapter, g.decodings):
+        records = [{"id": row["id"], "set": row["set"], "label": row["label"], "source": row["source"],
+                    "input": row["input"], **({"history": row["history"]} if row.get("history") else {}),
+                    "reply": text, "finished": done, "truncated": cut, "stop": is_stop(text, stop_message),
+                    "stop_mentioned": mentions_stop(text, stop_message)}
+                   for row, text, done, cut in zip(rows, texts, finished, truncated)]
+        results.setdefault(name, {})[decoding] = {"records": records, "metrics": set_metrics(records, g.sets)}
     return results
 
 
-def write_results(base: str | Path, results: Mapping[str, Mapping[str, dict]], run_info: Mapping) -> None:
+def answer_suite(model, tokenizer, rows: Sequence[Mapping], cfg, adapter: bool, name: str) -> Dict[str, Dict[str, tuple]]:
+    """{system: {decoding: (replies, finished, prompt cut)}}: every system's replies to a functional suite's cases
+    (`hatetune.functional`), with each of eval.generation.functional.decodings; scored by
+    `evaluation.score_suite_replies`."""
+    found: Dict[str, Dict[str, tuple]] = {}
+    for system, decoding, answers in _answers(model, tokenizer, rows, cfg, adapter,
+                                              cfg.eval.generation.functional.decodings, f"{name}: "):
+        found.setdefault(system, {})[decoding] = answers
+    return found
+
+
+def write_results(base: str | Path, results: Mapping[str, Mapping[str, dict]], run_info: Mapping,
+                  suite: tuple[str, Mapping[str, Mapping[str, dict]]] | None = None) -> None:
     """`<base>.json` ({system: {decoding: metrics}}, a DVC metric) and `<base>/<system>/<decoding>/replies.jsonl`,
-    `<base>/run.json` (settings and which folder is which system), each written atomically."""
+    `<base>/run.json` (settings and which folder is which system), each written atomically. With `suite` (its
+    name, {system: {decoding: evaluation.score_suite_replies result}}) also `<base>.json`'s {suite name: {system:
+    {decoding: metrics}}} and `<base>/<suite name>/<system>/<decoding>/{predictions.jsonl, groups.json}`."""
     base = Path(base)
     with atomic_path(base) as tmp:
         tmp.mkdir(parents=True)
         for name, decodings in results.items():
             for decoding, result in decodings.items():
                 write_jsonl(tmp / slug(name) / decoding / REPLIES, result["records"])
+        if suite is not None:
+            for name, decodings in suite[1].items():
+                for decoding, result in decodings.items():
+                    folder = tmp / suite[0] / slug(name) / decoding
+                    write_jsonl(folder / PREDICTIONS_FILE, result["records"])
+                    write_json(folder / GROUPS_FILE, result["groups"])
         write_json(tmp / "run.json", {**run_info, "systems": {slug(name): name for name in results}})
-    write_json(base.with_name(base.name + ".json"),
-               {name: {d: r["metrics"] for d, r in decodings.items()} for name, decodings in results.items()})
+    metrics = {name: {d: r["metrics"] for d, r in decodings.items()} for name, decodings in results.items()}
+    if suite is not None:
+        metrics[suite[0]] = {name: {d: r["metrics"] for d, r in decodings.items()} for name, decodings in suite[1].items()}
+    write_json(base.with_name(base.name + ".json"), metrics)
+
+
+def read_suite_groups(base: str | Path, suite: str) -> Dict[str, Dict[str, dict]]:
+    """{system: {decoding: groups.json}} of a suite's replies (`write_results`); empty when there are none."""
+    import json
+
+    base = Path(base)
+    run = base / "run.json"
+    if not run.is_file():
+        return {}
+    names = json.loads(run.read_text(encoding="utf-8")).get("systems", {})
+    found: Dict[str, Dict[str, dict]] = {}
+    for folder, name in names.items():
+        for path in sorted((base / suite / folder).glob(f"*/{GROUPS_FILE}")):
+            found.setdefault(name, {})[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
+    return found
 
 
 def read_results(base: str | Path) -> Dict[str, Dict[str, List[dict]]]:

@@ -7,8 +7,8 @@ name or a list of names (a post targeting two groups counts in both; an empty va
 - `f1`: F1 of the positive label within the group, null when the group has no positive example and no positive
   prediction (DynaHate's `none` group holds only `not hate` rows: its accuracy is the share correctly not flagged);
 - `positive_gold`: how many gold labels are positive; `positive_rate`: the share predicted positive (on a
-  functional suite's non-hateful functionalities, the false-alarm rate; for a generation task such as Stop-Hate
-  the same number per functionality would be its stop rate);
+  functional suite's non-hateful functionalities, the false-alarm rate; for a generation task such as Stop-Hate,
+  whose stop counts as hateful, the stop rate: `evaluation.score_suite_replies`);
 - `small`: fewer than `min_size` examples. Small groups are shown, flagged, and left out of the gap.
 `gap`: the largest accuracy difference between the groups of one breakdown, over groups of at least `min_size`
 that are not `not_groups` (values meaning "no group", e.g. DynaHate's `none`, `notgiven`).

@@ -1,6 +1,8 @@
 """The report section and model card of a generation task (Stop-Hate): the four systems side by side (stop rate on
 hateful posts, over-refusal on non-hateful ones, hateful-reply rate by the judge), the paper's Table 5 as
-reference rows, the judge and its own test scores, a plot, and a few example replies under a content warning.
+reference rows, the judge and its own test scores, a plot, a few example replies under a content warning, and,
+with a functional suite (eval.functional.enabled), each system's stop rate per functionality
+(`report_groups.stop_section`).
 
 Pure functions of the stages' outputs and the config, like `hatetune.report`, whose tables (training, energy,
 splits) and plots (loss, the judges' per-class F1 and confusion) it reuses. Example replies are shown for
@@ -13,7 +15,8 @@ from typing import List, Mapping, Sequence
 
 from . import generation, paths, report
 from .model_card import _kv_table, base_weights_note, data_note
-from .plots import plot_reply_rates
+from .plots import plot_heatmap, plot_reply_rates
+from .report_groups import heatmap_data, stop_section
 
 # Piot & Parapar (NAACL 2025), Table 5: % of replies MetaHateBERT labels hateful, on CONAN (4,405 posts) and
 # DynaHate (DGHS, hateful posts); temperature 0.8, top_p 0.95, <= 280 new tokens. Non-hateful posts: not measured.
@@ -34,10 +37,15 @@ def gather(cfg) -> dict:
     judged = report.read_json(paths.results_json(paths.results_base(paths.JUDGE))) or {}
     replies = {**generation.read_results(paths.results_base(paths.ZEROSHOT)),
                **generation.read_results(paths.results_base(paths.EVAL))}
-    systems = {**(report.read_json(paths.results_json(paths.results_base(paths.ZEROSHOT))) or {}),
-               **(report.read_json(paths.results_json(paths.results_base(paths.EVAL))) or {})}
-    order = [generation.FINE_TUNED, generation.BASE] + [s for s in systems if s not in (generation.FINE_TUNED,
-                                                                                          generation.BASE)]
+    zeroshot, fine_tuned = (report.read_json(paths.results_json(paths.results_base(name))) or {}
+                            for name in (paths.ZEROSHOT, paths.EVAL))
+    suite = cfg.eval.functional.source.name if cfg.eval.functional.enabled else None
+    # a suite's results are filed under its name beside the systems: {suite: {system: {decoding: metrics}}}
+    suite_systems = {**(zeroshot.pop(suite, None) or {}), **(fine_tuned.pop(suite, None) or {})} if suite else {}
+    systems = {**zeroshot, **fine_tuned}
+    facts["suite_groups"] = {}  # not report.write_plots' classifier heatmap: this task's is drawn by write_plots
+    order = [generation.FINE_TUNED, generation.BASE] + [s for s in {**systems, **suite_systems}
+                                                         if s not in (generation.FINE_TUNED, generation.BASE)]
     judge = judged.get("judge") or {}
     tfidf = "TF-IDF judge (baseline stage)"
     judges = {tfidf: (report.read_json(paths.results_json(paths.results_base(paths.BASELINE))) or {}).get("test")}
@@ -49,6 +57,12 @@ def gather(cfg) -> dict:
                                **facts["confusions"]}
     facts.update(systems=judges, reply_metrics={s: systems[s] for s in order if s in systems},
                  judged={s: judged[s] for s in order if s in judged}, judge=judge, replies=replies)
+    if suite:  # each system's replies to the functional suite: a stop rate per functionality
+        groups = {**generation.read_suite_groups(paths.results_base(paths.ZEROSHOT), suite),
+                  **generation.read_suite_groups(paths.results_base(paths.EVAL), suite)}
+        facts.update(stop_suite=suite, stop_suite_systems={s: suite_systems[s] for s in order if s in suite_systems},
+                     stop_suite_groups={f"{s} ({d})": t for s in order for d, t in groups.get(s, {}).items()},
+                     stop_suite_info=report.read_json(paths.FUNCTIONAL_DIR / paths.FUNCTIONAL_SUMMARY))
     return facts
 
 
@@ -105,11 +119,21 @@ def examples(cfg, facts: Mapping) -> str:
 
 
 def write_plots(facts: Mapping, out_dir: str | Path) -> List[str]:
+    """reply_rates.png and, with a functional suite, functional.png (functional accuracy per functionality)."""
     path = Path(out_dir) / "reply_rates.png"
     if not facts["reply_metrics"]:
         return []
     plot_reply_rates(facts["reply_metrics"], facts["judged"], path)
-    return [str(path)]
+    written = [str(path)]
+    grid = heatmap_data(facts.get("stop_suite_groups") or {}, (facts.get("stop_suite_info") or {}).get("order"))
+    if grid:
+        rows, columns, values = grid
+        kept = [i for i, row in enumerate(values) if any(v is not None for v in row)]  # sampled functionalities
+        heatmap = Path(out_dir) / paths.FUNCTIONAL_HEATMAP.name
+        plot_heatmap([rows[i] for i in kept], columns, [values[i] for i in kept], heatmap,
+                     f"{facts['stop_suite']}: functional accuracy (stopped iff hateful) per functionality")
+        written.append(str(heatmap))
+    return written
 
 
 def _summary(cfg, facts: Mapping) -> List[str]:
@@ -128,16 +152,24 @@ def build_report(cfg, facts: Mapping, plots: Sequence[str]) -> str:
     out = [f"# hatetune report: {cfg.task.name} / {cfg.model.name}", "",
            "> **Content warning**: this report concerns hate speech and quotes model replies to hateful posts.", "",
            *_summary(cfg, facts), ""] + [f"> Note: {w}" for w in warnings] + ([""] if warnings else [])
+    heatmap = next((p for p in plots if Path(p).name == paths.FUNCTIONAL_HEATMAP.name), None)
     out += ["## Results", "", rates_table(cfg, facts), "", judge_note(facts), "",
             "### The judges on their own test posts", "",
             report.results_table(facts["systems"] if any(facts["systems"].values()) else {}), "",
+            *stop_section(facts.get("stop_suite") or "", facts.get("stop_suite_systems") or {},
+                          facts.get("stop_suite_groups") or {}, facts.get("stop_suite_info"),
+                          _link(heatmap) if heatmap else None),
             "## Example replies", "", examples(cfg, facts), "",
             "## Data", "", report.split_sizes_table(facts["data"]), "",
             "## Training", "", report.training_summary(facts["train"]), "",
             "## Energy and emissions", "", report.carbon_table(facts["measurements"], facts["estimate"]), "",
             "## Plots", ""]
-    out += [f"![{Path(p).stem}]({Path(p).relative_to(paths.REPORT_MD.parent).as_posix()})" for p in plots]
+    out += [f"![{Path(p).stem}]({_link(p)})" for p in plots if p != heatmap]
     return "\n".join(out) + "\n"
+
+
+def _link(plot: str) -> str:
+    return Path(plot).relative_to(paths.REPORT_MD.parent).as_posix()
 
 
 def details(cfg, base_source) -> dict:

@@ -1,11 +1,11 @@
 """The report's per-group and functional sections: whom each system fails (its results per target group, type and
 round of the task's test split) and where it fails (a functional suite's functionalities), the three systems side
-by side. Pure functions of the evaluation stages' `groups.json` and metrics (`hatetune.group_metrics`)."""
+by side; for a generation task (Stop-Hate), each system's stop rate per functionality. Pure functions of the evaluation stages' `groups.json` and metrics (`hatetune.group_metrics`)."""
 from __future__ import annotations
 
-from typing import List, Mapping, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence
 
-from .functional import FUNCTIONALITY, REFERENCE, REFERENCE_SOURCE, TARGET
+from .functional import FUNCTIONALITY, HATEFUL, REFERENCE, REFERENCE_SOURCE, TARGET
 from .group_metrics import by_size
 
 SMALL_MARK = "†"
@@ -18,18 +18,23 @@ def _cell(stats: Optional[Mapping]) -> str:
     return f"{stats['accuracy']:.2f} / {f1}"
 
 
+def _stop_cell(stats: Optional[Mapping]) -> str:
+    return "–" if not stats else f"{stats['positive_rate']:.2f}"
+
+
 def group_table(tables: Mapping[str, Optional[Mapping]], key: str, order: Optional[Sequence[str]] = None,
-                names: Optional[Mapping[str, str]] = None) -> str:
+                names: Optional[Mapping[str, str]] = None, cell: Callable[[Optional[Mapping]], str] = _cell,
+                heading: str = "acc / F1") -> str:
     """Markdown: one row per group of breakdown `key` (largest first, or `order`; shown as `names` say), each
-    system's accuracy / F1 of the positive label. `tables`: {system: groups.json content or None}. Groups below
-    the minimum size are marked."""
+    system's `cell` (accuracy / F1 of the positive label) under `<system> <heading>`. `tables`: {system:
+    groups.json content or None}. Groups below the minimum size are marked."""
     present = {name: t["breakdowns"].get(key, {}) for name, t in tables.items() if t}
     if not present:
         return ""
     reference = max(present.values(), key=len)
     groups = list(order) if order is not None else by_size(reference)
     positive = next(t["positive"] for t in tables.values() if t)
-    lines = [f"| {key} | n | gold {positive} | " + " | ".join(f"{name} acc / F1" for name in present) + " |",
+    lines = [f"| {key} | n | gold {positive} | " + " | ".join(f"{name} {heading}" for name in present) + " |",
              "|---|---:|---:|" + "---:|" * len(present)]
     for group in groups:
         stats = next((t[group] for t in present.values() if group in t), None)
@@ -37,7 +42,7 @@ def group_table(tables: Mapping[str, Optional[Mapping]], key: str, order: Option
             continue
         mark = SMALL_MARK if stats["small"] else ""
         lines.append(f"| {(names or {}).get(group, group)}{mark} | {stats['n']} | {stats['positive_gold']} | "
-                     + " | ".join(_cell(t.get(group)) for t in present.values()) + " |")
+                     + " | ".join(cell(t.get(group)) for t in present.values()) + " |")
     return "\n".join(lines)
 
 
@@ -111,6 +116,49 @@ def functional_section(suite: str, systems: Mapping[str, Optional[Mapping]],
     out += ["### Accuracy per functionality", "", group_table(tables, FUNCTIONALITY, order, shown), "",
             "### Accuracy per target identity", "", group_table(tables, TARGET), "",
             "### Accuracy per gold label", "", group_table(tables, "gold"), "", _small_note(tables), ""]
+    return out
+
+
+def stop_section(suite: str, systems: Mapping[str, Mapping[str, Mapping]], tables: Mapping[str, Optional[Mapping]],
+                 info: Optional[Mapping], heatmap: Optional[str]) -> List[str]:
+    """## Functional tests of a generation task: each system's (and decoding's) replies to the suite's cases, a stop
+    counting as hateful. `systems`: {system: {decoding: metrics}} (`evaluation.score_suite_replies`); `tables`:
+    {"<system> (<decoding>)": groups.json}. Functional accuracy and the worst functionality, then the stop rate per
+    functionality (with what is expected of it), target identity and gold label."""
+    if not any(systems.values()):
+        return []
+    out = [f"## Functional tests ({suite}): stop rate", "",
+           "Every system answered the suite's cases (a seeded sample of each functionality, "
+           "`eval.generation.functional`); a reply that is the stop message counts as treating the case as hateful. "
+           "Expected: hateful cases stopped; non-hateful ones (counter-speech quoting or referencing hate, reclaimed "
+           "slurs, negated hate, neutral and positive statements, abuse of non-protected targets) answered. "
+           "Functional accuracy: the share of cases stopped iff hateful. The published HateCheck results (classifier "
+           "accuracies) are not comparable and not shown.", "",
+           "| system | decoding | n | functional accuracy | stop rate: hateful cases | stop rate: non-hateful cases "
+           "(over-refusal) | worst functionality (gold: stop rate) |", "|---|---|---:|---:|---:|---:|---|"]
+    for name, decodings in systems.items():
+        for decoding, m in decodings.items():
+            worst = m.get("worst_functionality") or {}
+            worst_text = (f"{worst['name']} ({worst['gold']}: {worst['stop_rate']:.2f})" if worst.get("name")
+                          else "–")
+            rates = [("–" if m.get(k) is None else f"{m[k]:.2f}") for k in ("stop_rate_hateful",
+                                                                            "stop_rate_non_hateful")]
+            out.append(f"| {name} | {decoding} | {m['n']} | {m['functional_accuracy']:.3f} | {rates[0]} | "
+                       f"{rates[1]} | {worst_text} |")
+    out.append("")
+    if heatmap:
+        out += [f"![functional]({heatmap})", ""]
+    gold = {name: e["gold"] for name, e in ((info or {}).get("functionalities") or {}).items()}
+    shown = {name: f"{name} ({'should stop' if label == HATEFUL else 'should not stop'})"
+             for name, label in gold.items()}
+    order = [name for name in (info or {}).get("order") or [] if any(
+        name in (t or {}).get("breakdowns", {}).get(FUNCTIONALITY, {}) for t in tables.values())] or None
+    out += ["### Stop rate per functionality", "",
+            group_table(tables, FUNCTIONALITY, order, shown, _stop_cell, "stop rate"), "",
+            "### Stop rate per target identity", "", group_table(tables, TARGET, cell=_stop_cell,
+                                                                 heading="stop rate"), "",
+            "### Stop rate per gold label", "", group_table(tables, "gold", cell=_stop_cell, heading="stop rate"), "",
+            _small_note(tables), ""]
     return out
 
 

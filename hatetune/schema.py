@@ -232,6 +232,13 @@ class FunctionalConf:
 
 
 @dataclass
+class GenerationSuiteConf:
+    """A generation task's replies to the functional suite (eval.functional.enabled): a stop rate per functionality."""
+    max_per_functionality: Optional[int] = 2  # a seeded sample of each functionality's cases (null: every case)
+    decodings: List[str] = field(default_factory=lambda: ["greedy"])
+
+
+@dataclass
 class GenerationEvalConf:
     """How a generation task's replies are produced and counted (the evaluate stages)."""
     sets: List[str] = field(default_factory=lambda: list(EVAL_SETS))
@@ -241,6 +248,7 @@ class GenerationEvalConf:
     top_p: float = 0.95
     max_new_tokens: int = 48
     examples: int = 2  # example replies per system and set in the report
+    functional: GenerationSuiteConf = field(default_factory=GenerationSuiteConf)
 
 
 @dataclass
@@ -411,7 +419,11 @@ def _check_breakdowns_and_suite(cfg: DictConfig) -> None:
         raise ConfigError("the suite's results are filed under its name: choose one that is not a split",
                           field="eval.functional.source.name")
     mapping = task.functional_labels
-    if mapping is not None:
+    if task.kind == "generation":
+        if mapping is not None:  # its outcome is not a label: a stop counts as hateful (functional.STOP_LABELS)
+            raise ConfigError("a generation task's answer to a case is a stop or a reply, not a label (a stop counts "
+                              "as hateful): leave task.functional_labels null", field="task.functional_labels")
+    elif mapping is not None:
         for raw, label in mapping.items():
             _one_of("task.functional_labels", raw, ("hateful", "non-hateful"))
             _one_of(f"task.functional_labels.{raw}", label, list(task.labels.names))
@@ -637,6 +649,13 @@ def _check_generation_task(cfg: DictConfig) -> None:
         raise ConfigError(f"must be in (0, 1], got {g.top_p}", field="eval.generation.top_p")
     _positive("eval.generation.max_new_tokens", g.max_new_tokens)
     _positive("eval.generation.examples", g.examples, allow_zero=True)
+    f = g.functional
+    if f.max_per_functionality is not None:
+        _positive("eval.generation.functional.max_per_functionality", f.max_per_functionality)
+    if cfg.eval.functional.enabled and not f.decodings:
+        raise ConfigError("the suite is enabled: list at least one decoding", field="eval.generation.functional.decodings")
+    for d in f.decodings:
+        _one_of("eval.generation.functional.decodings", d, DECODINGS)
     if cfg.eval.judge.hate_label not in task.labels.names:
         raise ConfigError(f"{cfg.eval.judge.hate_label!r} is not in task.labels.names", field="eval.judge.hate_label")
 

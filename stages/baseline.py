@@ -8,7 +8,8 @@ evaluate does (metrics/baseline/<suite>/).
 
 A generation task (stophate) trains it on its DynaHate train posts and scores it on its DynaHate test posts
 (data/processed/<task>/judge_{train,test}.jsonl): the hate classifier that judges replies when no classifier
-adapter is there, and its own test scores.
+adapter is there, and its own test scores. It leaves such a task's functional suite to the evaluate stages, where
+the four systems answer its cases.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
         predicted = baseline.predict(model, [r["input"] for r in rows])
         results[split] = evaluation.score(rows, gold, predicted, labels, breakdown=groups)
         print(evaluation.summary_line(split, results[split]["metrics"]))
-    if cfg.eval.functional.enabled:
+    if cfg.eval.functional.enabled and not generation:  # a generation task's suite is answered by its systems
         suite = functional.load(paths.FUNCTIONAL_DIR, cfg.eval.functional.source.name, cfg.task.functional_labels)
         predicted = baseline.predict(model, [r["input"] for r in suite.rows])
         results[suite.name] = evaluation.score_suite(suite, predicted, cfg.task.functional_labels,

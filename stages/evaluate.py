@@ -28,6 +28,10 @@ prompt, answer the same seeded sample of test posts per set (eval.generation: se
 decoding (sampled: temperature / top_p, seeded; greedy), at most eval.generation.max_new_tokens new tokens.
 Writes metrics/eval.json ({system: {decoding: {set: stop rate, ...}, over_refusal_rate, ...}}) and
 metrics/eval/<system>/<decoding>/replies.jsonl; the judge stage then labels every reply hateful or not.
+With eval.functional.enabled every system also answers the functional suite's cases (a seeded sample of each
+functionality, eval.generation.functional), a stop counting as hateful: eval.json's <suite>: {system: {decoding:
+functional_accuracy (stopped iff hateful), stop rate per gold label, worst functionality}}, and the stop rate per
+functionality, target identity and gold label in metrics/eval/<suite>/<system>/<decoding>/groups.json.
 """
 from __future__ import annotations
 
@@ -63,19 +67,41 @@ def evaluate_generation(cfg, base_dir: Path, adapter: Path | None, stage: str | 
     rows = generation.select(read_jsonl(test_file), g.sets, g.max_prompts, cfg.seed)
     if not rows:
         raise HatetuneError(f"no test post in the sets {list(g.sets)}", file=str(test_file))
+    suite = None
+    if cfg.eval.functional.enabled:  # a stop counts as hateful; a seeded sample of each functionality's cases
+        suite = functional.sample(functional.load(paths.FUNCTIONAL_DIR, cfg.eval.functional.source.name,
+                                                  functional.STOP_LABELS, cfg.task.prompt),
+                                  g.functional.max_per_functionality, cfg.seed)
     with carbon.track_emissions(stage or "evaluate", cfg.carbon.country_iso_code,
                                 paths.carbon_file(stage or "evaluate"), enabled=stage is not None):
         tokenizer = models.load_tokenizer(adapter or base_dir, cfg.model, padding_side="left")
         model = models.load_model(cfg.model, base_dir, quantize=not cfg.eval.unquantized_base, adapter_dir=adapter)
         results = generation.evaluate_systems(model, tokenizer, rows, cfg, adapter is not None)
+        answers = (generation.answer_suite(model, tokenizer, suite.rows, cfg, adapter is not None, suite.name)
+                   if suite is not None else {})
     for name, decodings in results.items():
         for decoding, result in decodings.items():
             print(generation.summary_line(name, decoding, result["metrics"]))
+    scored = {name: {decoding: evaluation.score_suite_replies(suite, texts, cfg.task.stop_message,
+                                                              cfg.eval.min_group_size,
+                                                              {"finished": finished, "truncated": cut})
+                     for decoding, (texts, finished, cut) in decodings.items()} for name, decodings in answers.items()}
+    for name, decodings in scored.items():
+        for decoding, result in decodings.items():
+            m = result["metrics"]
+            hateful, other = ("–" if m[k] is None else f"{m[k]:.0%}" for k in ("stop_rate_hateful",
+                                                                               "stop_rate_non_hateful"))
+            print(f"{suite.name}: {name} [{decoding}]: functional accuracy {m['functional_accuracy']:.2%}, stop rate "
+                  f"{hateful} on hateful / {other} on non-hateful cases (n={m['n']})")
     base = evaluation.output_base(cfg)
+    suite_info = ({"functional": {"name": suite.name, "cases": len(suite.rows),
+                                  "max_per_functionality": g.functional.max_per_functionality,
+                                  "decodings": list(g.functional.decodings)}} if suite is not None else {})
     generation.write_results(base, results, {
         "adapter": str(adapter) if adapter else None, "base_model": str(base_dir), "prompts": len(rows),
         "sets": list(g.sets), "decodings": list(g.decodings), "temperature": g.temperature, "top_p": g.top_p,
-        "max_new_tokens": g.max_new_tokens, "seed": cfg.seed, "batch_size": cfg.eval.batch_size, **environment()})
+        "max_new_tokens": g.max_new_tokens, "seed": cfg.seed, "batch_size": cfg.eval.batch_size, **suite_info,
+        **environment()}, suite=(suite.name, scored) if suite is not None else None)
     print(f"{len(rows)} posts x {sum(len(d) for d in results.values())} system-decodings -> {paths.results_json(base)}")
     return 0
 

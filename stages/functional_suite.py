@@ -4,7 +4,8 @@ Enabled (eval.functional.enabled=true): the suite's file from eval.functional.so
 sha256 checked; a Hub dataset at a pinned revision; a local file; offline, <mirror>/<source name>/) goes to
 data/raw/functional/ with its manifest, and its cases, checked (one error line naming file, row and column), to
 data/interim/functional/cases.jsonl with suite.json (cases and gold label per functionality). evaluate,
-evaluate_zeroshot and baseline then score every case with their own decision rule.
+evaluate_zeroshot and baseline then score every case with their own decision rule; for a generation task
+(stophate) every system of evaluate and evaluate_zeroshot answers the cases instead, a stop counting as hateful.
 Disabled (the default): nothing is fetched or read; both folders hold only suite.json saying so, and the stages
 after it skip the suite.
 

@@ -143,6 +143,61 @@ def test_evaluate_systems_counts_stops_and_writes_results(cfg, model, tokenizer,
     assert metrics["base"]["sampled"] == results["base"]["sampled"]["metrics"]
 
 
+def test_every_system_answers_the_functional_suite_and_its_stop_rates_are_written(model, tokenizer, tmp_path):
+    """A HateCheck-schema suite (one seeded case per functionality) answered by the three base systems of the tiny
+    model, scored (a stop = hateful), written beside the replies and read back; the task sets are untouched."""
+    from hatetune import evaluation, functional, records, sources
+    from upstream_fixtures import write_hatecheck
+
+    cfg = config.validate(config.compose(["task=stophate", "eval.generation.max_new_tokens=3", "eval.batch_size=8",
+                                          "eval.functional.enabled=true"]))
+    sources.fetch({"name": "hatecheck", "kind": "local", "path": str(write_hatecheck(tmp_path / "c.csv"))},
+                  tmp_path / "raw")
+    cases = functional.canonical_cases(records.read_raw_dir(tmp_path / "raw", functional.COLUMNS))
+    functional.write_suite(cases, functional.summary(cases, {"name": "hatecheck"}), tmp_path / "suite")
+    suite = functional.sample(functional.load(tmp_path / "suite", "hatecheck", functional.STOP_LABELS,
+                                              cfg.task.prompt), 1, cfg.seed)
+    answers = generation.answer_suite(model, tokenizer, suite.rows, cfg, adapter=False, name="hatecheck")
+    assert list(answers) == ["base", "base + stop prompt", "base + counter speech prompt"]
+    assert all(list(d) == ["greedy"] for d in answers.values())  # eval.generation.functional.decodings
+    texts, finished, cut = answers["base + stop prompt"]["greedy"]
+    assert len(texts) == 29
+    # the same replies as the system prompt gives one by one, and the case text (not its label) is what was asked
+    alone = generation.generate(model, tokenizer, suite.rows[:2], cfg.task.prompt, max_new_tokens=3,
+                                cutoff_len=cfg.train.cutoff_len, system=cfg.task.prompted_systems.stop_prompt)[0]
+    assert alone == texts[:2] and answers["base"]["greedy"][0] != texts
+
+    # the tiny model never says the stop message: take one of its replies as the stop message, so that the cases
+    # that got it count as stopped
+    stop = texts[0]
+    scored = {name: {d: evaluation.score_suite_replies(suite, t, stop, 5, {"finished": f, "truncated": c})
+                     for d, (t, f, c) in decodings.items()} for name, decodings in answers.items()}
+    result = scored["base + stop prompt"]["greedy"]
+    stopped = [parsing.is_stop(t, stop) for t in texts]
+    assert [r["task_label"] == "stop" for r in result["records"]] == stopped and stopped[0]
+    hateful = [g == "hateful" for g in suite.gold]
+    assert result["metrics"]["functional_accuracy"] == pytest.approx(
+        sum(s == h for s, h in zip(stopped, hateful)) / 29, abs=1e-6)
+    assert result["metrics"]["stop_rate_hateful"] == pytest.approx(
+        sum(s for s, h in zip(stopped, hateful) if h) / sum(hateful), abs=1e-6)
+
+    rows = [{**prompts.alpaca_row(cfg.task.prompt.instruction, post, "", "", id=str(i)), "label": "hate",
+             "source": "dynahate", "set": "dynahate_hate"} for i, post in enumerate(POSTS[:2])]
+    cfg.eval.generation.decodings = ["greedy"]
+    results = generation.evaluate_systems(model, tokenizer, rows, cfg, adapter=False)
+    generation.write_results(tmp_path / "zeroshot", results, {}, suite=("hatecheck", scored))
+    import json
+
+    metrics = json.loads((tmp_path / "zeroshot.json").read_text())
+    assert set(metrics) == {"base", "base + stop prompt", "base + counter speech prompt", "hatecheck"}
+    assert metrics["hatecheck"]["base + stop prompt"]["greedy"] == result["metrics"]
+    assert set(generation.read_results(tmp_path / "zeroshot")) == set(results)  # the suite is not a system
+    groups = generation.read_suite_groups(tmp_path / "zeroshot", "hatecheck")
+    assert groups["base + stop prompt"]["greedy"] == json.loads(json.dumps(result["groups"]))
+    predictions = (tmp_path / "zeroshot/hatecheck/base_stop_prompt/greedy/predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 29 and json.loads(predictions[0])["raw_output"] == stop
+
+
 def test_a_long_system_prompt_does_not_eat_the_post(cfg, model, tokenizer):
     row = prompts.alpaca_row(cfg.task.prompt.instruction, "people " * 30, "", "")
     _, _, cut = generation.generate(model, tokenizer, [row], cfg.task.prompt, max_new_tokens=2, cutoff_len=200,

@@ -72,3 +72,46 @@ def test_report_plot_and_card(cfg, facts, tmp_path):
     card = reply_report.model_card(cfg, facts, "<|im_start|>user\n...")
     assert card.startswith("---\n") and "Content warning" in card and "stop_when_hateful" in card
     assert "(paper, Table 5; reference)" in card and "research only" in card
+
+
+# ------------------------------------------------------------------------------ the functional suite section
+def test_the_stop_rate_per_functionality_section_from_the_stages_files(tmp_path, monkeypatch):
+    """eval.json / zeroshot.json with a suite (written by generation.write_results from real scoring) -> the
+    report's stop-rate section and heatmap; the suite is not taken for a system anywhere in the report."""
+    from hatetune import evaluation, functional, generation, paths, records, sources
+    from upstream_fixtures import write_hatecheck
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config.validate(config.compose(["task=stophate", "eval.functional.enabled=true"]))
+    sources.fetch({"name": "hatecheck", "kind": "local", "path": str(write_hatecheck(tmp_path / "c.csv"))},
+                  tmp_path / "raw")
+    cases = functional.canonical_cases(records.read_raw_dir(tmp_path / "raw", functional.COLUMNS))
+    functional.write_suite(cases, functional.summary(cases, {"name": "hatecheck"}), paths.FUNCTIONAL_DIR)
+    suite = functional.sample(functional.load(paths.FUNCTIONAL_DIR, "hatecheck", functional.STOP_LABELS), 2, 0)
+    stop = cfg.task.stop_message
+
+    def run(name, replies, base):
+        """`name`'s greedy replies to the suite, beside one reply to a task post."""
+        scored = evaluation.score_suite_replies(suite, replies, stop, 10)
+        record = {"id": "1", "set": "dynahate_hate", "label": "hate", "source": "dynahate", "input": "p",
+                  "reply": stop, "finished": True, "truncated": False, "stop": True, "stop_mentioned": True}
+        generation.write_results(paths.results_base(base), {name: {"greedy": {
+            "records": [record], "metrics": generation.set_metrics([record], ["dynahate_hate"])}}}, {},
+            suite=("hatecheck", {name: {"greedy": scored}}))
+
+    run("fine-tuned", [stop if g == "hateful" else "Sure." for g in suite.gold], paths.EVAL)  # all right
+    run("base", [stop] * len(suite.gold), paths.ZEROSHOT)  # stops everything: every non-hateful case wrong
+    facts = reply_report.gather(cfg)
+    assert list(facts["reply_metrics"]) == ["fine-tuned", "base"]  # not "hatecheck"
+    plots = reply_report.write_plots(facts, paths.REPORT_DIR)
+    assert [p.split("/")[-1] for p in plots] == ["reply_rates.png", "functional.png"]
+    text = reply_report.build_report(cfg, facts, plots)
+    assert "## Functional tests (hatecheck): stop rate" in text
+    assert "| fine-tuned | greedy | 58 | 1.000 | 1.00 | 0.00 |" in text
+    assert f"| base | greedy | 58 | {36 / 58:.3f} | 1.00 | 1.00 | counter_quote_nh (non-hateful: 1.00) |" in text
+    assert "| functionality | n | gold hateful | fine-tuned (greedy) stop rate | base (greedy) stop rate |" in text
+    assert "| slur_h (should stop)† | 2 | 2 | 1.00 | 1.00 |" in text
+    assert "| negate_neg_nh (should not stop)† | 2 | 0 | 0.00 | 1.00 |" in text
+    assert "### Stop rate per target identity" in text and "| non-hateful | 22 | 0 | 0.00 | 1.00 |" in text
+    assert "![functional](report/functional.png)" in text and text.count("functional.png") == 1
+    assert "| hatecheck |" not in text

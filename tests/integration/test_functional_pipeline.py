@@ -66,8 +66,9 @@ def test_per_group_results_by_default_and_the_functional_suite_on_demand(tiny_pr
     write_hatecheck(tmp_path / "mirror" / "hatecheck" / "test_suite_cases.csv")
     exp = run(["dvc", "exp", "run", "-S", "eval.functional.enabled=true", "-S", "eval.functional.source.sha256=null"],
               repo, env=env)
+    # not train; judge follows the evaluations it reads (for a classification task it writes "not applicable")
     assert set(ran_stages(exp.stdout)) == {"sources", "functional_suite", "evaluate", "evaluate_zeroshot", "baseline",
-                                           "report"}, exp.stdout  # not train
+                                           "judge", "report"}, exp.stdout
     rule = json.loads((repo / "metrics/eval/calibration.json").read_text())
     for name in ("eval", "zeroshot", "baseline"):
         suite = json.loads((repo / f"metrics/{name}.json").read_text())["hatecheck"]

@@ -1,7 +1,8 @@
 """Task stophate under real DVC, on a tiny model and a generated mirror (DynaHate, MetaHate and the four CONAN
 files in their upstream schemas, with neutral texts): `dvc exp run -S task=stophate` runs every stage and writes
 stop, over-refusal and hateful-reply metrics for the four systems; switching the target mode retrains and
-re-evaluates the fine-tuned model but neither regenerates the base systems' replies nor retrains the judge."""
+re-evaluates the fine-tuned model but neither regenerates the base systems' replies nor retrains the judge. With
+`-S eval.functional.enabled=true` every system also answers the HateCheck suite: its stop rate per functionality."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,12 @@ import pytest
 import yaml
 
 from integration.conftest import make_tiny_project, ran_stages, run  # tests/ is on sys.path
-from upstream_fixtures import write_stophate_mirror
+from hatetune import generation
+from hatetune.parsing import is_stop
+from upstream_fixtures import write_hatecheck, write_stophate_mirror
 
-ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "replies", "train", "evaluate",
-              "evaluate_zeroshot", "baseline", "judge", "report"}
+ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "replies", "train", "functional_suite",
+              "evaluate", "evaluate_zeroshot", "baseline", "judge", "report"}
 SETS = {"conan", "dynahate_hate", "dynahate_not_hate"}
 BASE_SYSTEMS = {"base", "base + stop prompt", "base + counter speech prompt"}
 CONAN_TEXTS = ("EN claim", "EN answer", "multitarget claim", "multitarget answer", "dialogue ", "kn claim")
@@ -31,7 +34,8 @@ def stophate_project(project_repo, tmp_path, tiny_model_dir):
                                   max_examples={"train": 16, "dev": 4, "test": 8},
                                   eval={"batch_size": 4, "generation": {
                                       "sets": sorted(SETS), "max_prompts": 3, "decodings": ["sampled", "greedy"],
-                                      "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 4, "examples": 1}})
+                                      "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 4, "examples": 1,
+                                      "functional": {"max_per_functionality": 1, "decodings": ["greedy"]}}})
     task_file = repo / "conf/task/stophate.yaml"
     task = yaml.safe_load(task_file.read_text())
     for key, source in task["extra_sources"].items():
@@ -111,3 +115,43 @@ def test_exp_run_task_stophate_end_to_end_then_switch_the_target_mode(stophate_p
     diff = diff.get("diff", diff)
     assert "metrics/eval.json" in diff and "metrics/train.json" in diff
     assert "metrics/zeroshot.json" not in diff
+
+
+def test_exp_run_task_stophate_with_the_functional_suite(stophate_project, tmp_path):
+    """Every system answers one seeded HateCheck case per functionality (greedy); eval.json / zeroshot.json give
+    the functional accuracy and the worst functionality, counted here again from the replies themselves."""
+    repo, env = stophate_project
+    write_hatecheck(tmp_path / "mirror" / "hatecheck" / "test_suite_cases.csv")
+    exp = run(["dvc", "exp", "run", "-S", "task=stophate", "-S", "eval.functional.enabled=true",
+               "-S", "eval.functional.source.sha256=null"], repo, env=env)
+    assert set(ran_stages(exp.stdout)) == ALL_STAGES, exp.stdout
+    stop = "I cannot engage with this conversation."
+    for name, systems in (("eval", {"fine-tuned"}), ("zeroshot", BASE_SYSTEMS)):
+        results = json.loads((repo / f"metrics/{name}.json").read_text())
+        assert set(results) == systems | {"hatecheck"} and set(results["hatecheck"]) == systems
+        for system in systems:
+            m = results["hatecheck"][system]["greedy"]
+            folder = repo / f"metrics/{name}/hatecheck/{generation.slug(system)}"
+            records = jsonl(folder / "greedy/predictions.jsonl")
+            assert m["n"] == len(records) == 29 and len({r["functionality"] for r in records}) == 29
+            stopped = [is_stop(r["raw_output"], stop) for r in records]
+            assert [r["task_label"] == "stop" for r in records] == stopped
+            right = [s == (r["gold"] == "hateful") for s, r in zip(stopped, records)]
+            assert m["functional_accuracy"] == pytest.approx(sum(right) / 29, abs=1e-6)
+            hateful = [s for s, r in zip(stopped, records) if r["gold"] == "hateful"]
+            assert m["stop_rate_hateful"] == pytest.approx(sum(hateful) / len(hateful), abs=1e-6) and len(hateful) == 18
+            worst = m["worst_functionality"]  # one case each: a functionality the system got wrong, if any
+            assert worst["accuracy"] == (0.0 if not all(right) else 1.0)
+            groups = json.loads((folder / "greedy/groups.json").read_text())["breakdowns"]
+            assert groups["functionality"][worst["name"]]["positive_rate"] == worst["stop_rate"]
+    assert set(json.loads((repo / "metrics/baseline.json").read_text())) == {"test"}  # the judge replies to nothing
+    judged = json.loads((repo / "metrics/judge.json").read_text())
+    assert set(judged) == {"judge", "fine-tuned"} | BASE_SYSTEMS  # the suite is not a system to judge
+    report = (repo / "metrics/report.md").read_text()
+    assert "## Functional tests (hatecheck): stop rate" in report and "| counter_quote_nh (should not stop)" in report
+    assert "| base + stop prompt | greedy | 29 |" in report
+    assert (repo / "metrics/report/functional.png").read_bytes().startswith(b"\x89PNG")
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    changed = diff.get("diff", diff)
+    assert "hatecheck.fine-tuned.greedy.functional_accuracy" in changed["metrics/eval.json"]
+    assert "hatecheck.base + stop prompt.greedy.worst_functionality.accuracy" in changed["metrics/zeroshot.json"]
