@@ -12,6 +12,8 @@
    with the evaluate stage's prompt and decoding (in score mode, through the decision rule the evaluate stage
    fitted on dev, metrics/eval/calibration.json), and writes metrics/export.json: label agreement with the merged
    model (target >= 0.99; below export.min_agreement the stage fails) and with metrics/eval's predictions.
+   A generation task (stophate) answers with replies, not labels: steps 1 and 2 only (the Modelfile's
+   num_predict is eval.generation.max_new_tokens), and metrics/export.json says the labels were not verified.
 """
 from __future__ import annotations
 
@@ -41,15 +43,21 @@ def log(message: str, since: float) -> None:
 @exit_on_error
 def main(argv=None) -> int:
     cfg = config.stage_config(__doc__, "export", argv)
-    task, ex, labels = cfg.task.name, cfg.export, labeling.labels_of(cfg)
+    task, ex = cfg.task.name, cfg.export
     adapter, out = paths.adapter_dir(task), paths.export_dir(task)
     source = json.loads(paths.base_source_file(cfg.model.name).read_text(encoding="utf-8"))
-    rows, gold = evaluation.load_rows(paths.split_file(task, "test"), labels)
-    rows, gold = (rows[:ex.verify_rows], gold[:ex.verify_rows]) if ex.verify_rows else (rows, gold)
-    ids = [r.get("id", str(i + 1)) for i, r in enumerate(rows)]
+    labelled = cfg.task.kind != "generation"  # a generation task's replies are no labels to verify
+    if labelled:
+        labels = labeling.labels_of(cfg)
+        rows, gold = evaluation.load_rows(paths.split_file(task, "test"), labels)
+        rows, gold = (rows[:ex.verify_rows], gold[:ex.verify_rows]) if ex.verify_rows else (rows, gold)
+        ids = [r.get("id", str(i + 1)) for i, r in enumerate(rows)]
+        rule = labeling.decision_rule(cfg, paths.calibration_file(paths.results_base(paths.EVAL)), adapter)
+        new_tokens = cfg.eval.max_new_tokens
+    else:
+        rows, new_tokens = [], cfg.eval.generation.max_new_tokens
     # label scores for the flip diagnostics: free in greedy mode (same prompt pass), always there in score mode
     scores = cfg.eval.mode == "greedy"
-    rule = labeling.decision_rule(cfg, paths.calibration_file(paths.results_base(paths.EVAL)), adapter)
     start = time.perf_counter()
 
     with carbon.track_emissions("export", cfg.carbon.country_iso_code, paths.carbon_file("export")):
@@ -61,10 +69,10 @@ def main(argv=None) -> int:
                   "cannot be a GGUF LoRA, and vLLM rejects it as a LoRA module)", file=sys.stderr)
         log("merged the adapter into the float32 base", start)
         merged = labeling.classify_rows(model, tokenizer, rows, cfg, rule=rule, agreement=scores, progress=True,
-                                        desc="merged model")
+                                        desc="merged model") if labelled else None
         stops = modelfile.stop_tokens(tokenizer, inference.eos_token_ids(model, tokenizer))
         text = modelfile.modelfile_text(modelfile.ollama_template(cfg.task.prompt, tokenizer), stops,
-                                        cfg.eval.max_new_tokens, paths.GGUF_FILE)
+                                        new_tokens, paths.GGUF_FILE)
         gguf_info, exported = None, None
         with atomic_path(out) as tmp:
             tmp.mkdir(parents=True)
@@ -75,9 +83,10 @@ def main(argv=None) -> int:
                 gguf_info = gguf_file.write_gguf(model, src, tmp / paths.GGUF_FILE, ex.qtype, overrides)
                 log(f"wrote {paths.GGUF_FILE} ({ex.qtype}, {gguf_info['bytes'] / 1e6:.1f} MB)", start)
                 del model
-                gguf_model, gguf_tokenizer = gguf_file.load_gguf(tmp / paths.GGUF_FILE)
-                exported = labeling.classify_rows(gguf_model, gguf_tokenizer, rows, cfg, rule=rule,
-                                                  agreement=scores, progress=True, desc="GGUF")
+                if labelled:
+                    gguf_model, gguf_tokenizer = gguf_file.load_gguf(tmp / paths.GGUF_FILE)
+                    exported = labeling.classify_rows(gguf_model, gguf_tokenizer, rows, cfg, rule=rule,
+                                                      agreement=scores, progress=True, desc="GGUF")
             else:
                 print(f"export: the base ({model_sources.describe(source)}) has no source GGUF: writing the "
                       f"merged model to {out / paths.MERGED_DIR} for llama.cpp's convert_hf_to_gguf.py",
@@ -85,17 +94,22 @@ def main(argv=None) -> int:
                 merge.save_merged(model, tokenizer, tmp / paths.MERGED_DIR)
             result = {"format": "gguf" if gguf_info else "merged_hf", "adapter_trains_lm_head": head,
                       **{k: gguf_info[k] if gguf_info else None for k in ("qtype", "bytes", "sha256", "tied")},
-                      **verify.compare(exported, merged, gold, labels, evaluate_predictions(ids), rule)}
-            agreement = result["agreement_exported_merged"]
+                      "labels_verified": labelled}
+            if labelled:
+                result.update(verify.compare(exported, merged, gold, labels, evaluate_predictions(ids), rule))
+            agreement = result.get("agreement_exported_merged")
             if agreement is not None and agreement < ex.min_agreement:
                 raise HatetuneError(f"the GGUF's labels agree with the merged model's on only {agreement:.2%} of "
                                     f"{len(rows)} test rows (export.min_agreement {ex.min_agreement}; label score "
                                     f"error up to {result['score_abs_diff_max']}): the export is broken")
     write_json(paths.EXPORT_METRICS, result)
+    if not labelled:
+        print("export: a generation task: its replies are not labels, so the GGUF is not verified by labels",
+              file=sys.stderr)
     for key in ("agreement_exported_merged", "agreement_exported_evaluate", "agreement_merged_evaluate"):
-        if result[key] is not None:
+        if result.get(key) is not None:
             print(f"export: {key} = {result[key]:.4f} on {len(rows)} test rows")
-    if result["flipped_rows"]:
+    if result.get("flipped_rows"):
         print(f"export: {result['flipped_rows']} flipped labels, all where the merged model's label margin was "
               f"<= {result['max_merged_margin_of_flips']} (label score error: mean {result['score_abs_diff_mean']}, "
               f"max {result['score_abs_diff_max']})")

@@ -31,8 +31,8 @@ def test_dvc_repro_export_writes_a_verified_gguf_and_a_modelfile(project_repo, t
                                          "eval_examples": 4},
                                   max_examples={"train": 16, "dev": 4, "test": 8}, eval={"batch_size": 4})
     first = run(["dvc", "repro", "export"], repo, env=env)
-    assert set(ran_stages(first.stdout)) == {"sources", "download", "labels", "convert", "base_model", "train",
-                                             "functional_suite", "evaluate", "export"}, first.stdout
+    assert set(ran_stages(first.stdout)) == {"sources", "download", "labels", "convert", "base_model", "replies",
+                                             "train", "functional_suite", "evaluate", "export"}, first.stdout
 
     result = json.loads((repo / "metrics/export.json").read_text())
     assert (result["format"], result["qtype"], result["rows"], result["tied"]) == ("gguf", "Q8_0", 8, True)

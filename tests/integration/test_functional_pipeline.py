@@ -68,7 +68,7 @@ def test_per_group_results_by_default_and_the_functional_suite_on_demand(tiny_pr
               repo, env=env)
     # not train; judge follows the evaluations it reads (for a classification task it writes "not applicable")
     assert set(ran_stages(exp.stdout)) == {"sources", "functional_suite", "evaluate", "evaluate_zeroshot", "baseline",
-                                           "judge", "report"}, exp.stdout
+                                           "judge", "report", "export"}, exp.stdout
     rule = json.loads((repo / "metrics/eval/calibration.json").read_text())
     for name in ("eval", "zeroshot", "baseline"):
         suite = json.loads((repo / f"metrics/{name}.json").read_text())["hatecheck"]

@@ -16,7 +16,7 @@ from hatetune.parsing import is_stop
 from upstream_fixtures import write_hatecheck, write_stophate_mirror
 
 ALL_STAGES = {"sources", "download", "labels", "convert", "base_model", "replies", "train", "functional_suite",
-              "evaluate", "evaluate_zeroshot", "baseline", "judge", "report"}
+              "evaluate", "evaluate_zeroshot", "baseline", "judge", "report", "export"}
 SETS = {"conan", "dynahate_hate", "dynahate_not_hate"}
 BASE_SYSTEMS = {"base", "base + stop prompt", "base + counter speech prompt"}
 CONAN_TEXTS = ("EN claim", "EN answer", "multitarget claim", "multitarget answer", "dialogue ", "kn claim")
@@ -105,7 +105,7 @@ def test_exp_run_task_stophate_end_to_end_then_switch_the_target_mode(stophate_p
     second = run(["dvc", "exp", "run", "-S", "task=stophate", "-S", "task.targets.mode=stop_all"], repo, env=env)
     # convert reruns (its params changed) but writes the same rows: the base systems and the judge's
     # training data are untouched
-    assert ran_stages(second.stdout) == ["sources", "convert", "replies", "train", "evaluate", "judge", "report"], \
+    assert ran_stages(second.stdout) == ["sources", "convert", "replies", "train", "evaluate", "judge", "report", "export"], \
         second.stdout
     info = json.loads((repo / "data/replies/stophate/info.json").read_text())
     assert info["mode"] == "stop_all" and info["self_distilled"] == 0
