@@ -15,7 +15,7 @@ from hatetune.serve import report
 from hatetune.serve.backends import Labelled
 from hatetune.serve.requestlog import SCHEMA_VERSION, RequestLog, utc_timestamp
 
-IDENTITY = {"backend": "transformers", "model": "m@abc", "adapter": "a@def"}
+IDENTITY = {"backend": "transformers", "model": "m@abc", "adapter": "a@def", "decision_rule": "P(hate) >= 0.5 at T=1.2"}
 LABELS = ["hate", "not hate"]
 
 
@@ -31,6 +31,34 @@ def test_new_log_is_wal_versioned_and_an_unknown_newer_one_is_refused(tmp_path):
     (tmp_path / "not-a-db").write_text("hello, this is not SQLite" * 100)
     with pytest.raises(HatetuneError, match="cannot open the request log"):
         RequestLog(tmp_path / "not-a-db")
+
+
+# Version 1 of the requests table, as hatetune wrote it before the decision rule was logged.
+SCHEMA_V1 = """
+CREATE TABLE requests (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, endpoint TEXT NOT NULL, status INTEGER NOT NULL,
+    latency_ms REAL NOT NULL, n_texts INTEGER NOT NULL, backend TEXT NOT NULL, model TEXT NOT NULL, adapter TEXT,
+    error TEXT);
+CREATE INDEX requests_ts ON requests (ts);
+CREATE TABLE texts (request_id INTEGER NOT NULL REFERENCES requests (id), position INTEGER NOT NULL, text TEXT,
+    text_sha256 TEXT, label TEXT, scores TEXT, truncated INTEGER NOT NULL, PRIMARY KEY (request_id, position));
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_log_is_migrated_keeping_its_rows(tmp_path):
+    path = tmp_path / "requests.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_V1)
+        conn.execute("INSERT INTO requests (ts, endpoint, status, latency_ms, n_texts, backend, model) "
+                     "VALUES (?, '/infer', 200, 3.5, 1, 'transformers', 'm@abc')", (utc_timestamp(),))
+    log = RequestLog(path)
+    log.record("/infer", 200, 2.0, IDENTITY, ["a post"], [Labelled("hate", None, False)])
+    assert log.flush()
+    log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        rows = conn.execute("SELECT latency_ms, decision_rule FROM requests ORDER BY id").fetchall()
+    assert rows == [(3.5, None), (2.0, IDENTITY["decision_rule"])]
 
 
 def test_many_threads_one_writer_every_row_written(tmp_path):
@@ -51,8 +79,8 @@ def test_many_threads_one_writer_every_row_written(tmp_path):
         assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM requests").fetchone() == (400, 400)
         assert conn.execute("SELECT COUNT(DISTINCT text) FROM texts").fetchone() == (400,)
         assert conn.execute("SELECT scores FROM texts LIMIT 1").fetchone() == ('{"hate": -0.1, "not hate": -2.3}',)
-        row = conn.execute("SELECT ts, backend, model, adapter FROM requests LIMIT 1").fetchone()
-    assert row[1:] == ("transformers", "m@abc", "a@def")
+        row = conn.execute("SELECT ts, backend, model, adapter, decision_rule FROM requests LIMIT 1").fetchone()
+    assert row[1:] == ("transformers", "m@abc", "a@def", "P(hate) >= 0.5 at T=1.2")
     assert dt.datetime.fromisoformat(row[0].replace("Z", "+00:00")).tzinfo == dt.timezone.utc
     log.close()
 

@@ -3,7 +3,8 @@
 Schema (PRAGMA user_version = SCHEMA_VERSION; an older file is migrated, a newer one refused):
 - `requests`: one row per classification request answered (/infer, /v1/classify), whatever its status: UTC
   timestamp, endpoint, HTTP status, latency in milliseconds (arrival to answer), number of texts, backend, model and
-  adapter identity, and for a failed request why (never a text or a key);
+  adapter identity, the decision rule the labels went through (`P(hate) >= 0.53 at T=1.47`; null: argmax or
+  greedy), and for a failed request why (never a text or a key);
 - `texts`: one row per labelled text of a successful request: its position, the text itself / its sha256 / nothing
   (serve.log_text: these logs hold hate speech and personal data), the label, the label scores (JSON) and whether
   the prompt was truncated.
@@ -27,7 +28,7 @@ from typing import Optional, Sequence
 
 from ..errors import HatetuneError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY,
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS requests (
     backend TEXT NOT NULL,
     model TEXT NOT NULL,
     adapter TEXT,
-    error TEXT
+    error TEXT,
+    decision_rule TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 CREATE TABLE IF NOT EXISTS texts (
@@ -53,8 +55,10 @@ CREATE TABLE IF NOT EXISTS texts (
     PRIMARY KEY (request_id, position)
 );
 """
-INSERT_REQUEST = ("INSERT INTO requests (ts, endpoint, status, latency_ms, n_texts, backend, model, adapter, error) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_REQUEST = ("INSERT INTO requests (ts, endpoint, status, latency_ms, n_texts, backend, model, adapter, error, "
+                  "decision_rule) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# What each version adds to the one before it (a new file gets SCHEMA, which has them all).
+MIGRATIONS = {2: "ALTER TABLE requests ADD COLUMN decision_rule TEXT"}
 INSERT_TEXT = ("INSERT INTO texts (request_id, position, text, text_sha256, label, scores, truncated) "
                "VALUES (?, ?, ?, ?, ?, ?, ?)")
 PRUNE_EVERY_S = 3600
@@ -85,7 +89,11 @@ def migrate(conn: sqlite3.Connection, path: str | Path) -> None:
         raise HatetuneError("cannot put the request log in WAL mode (a network file system?)", file=str(path))
     conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable up to the last checkpointed commit
     with conn:
-        conn.executescript(SCHEMA)  # version 0 (new file) -> 1; later versions add their ALTERs here
+        if version == 0:  # a new file: the current schema at once
+            conn.executescript(SCHEMA)
+        else:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[step])
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -126,7 +134,7 @@ class RequestLog:
             scores = json.dumps(result.scores, sort_keys=True) if result.scores is not None else None
             text_rows.append((position, logged, digest, result.label, scores, int(result.truncated)))
         request = (ts or utc_timestamp(), endpoint, int(status), round(float(latency_ms), 3), len(texts),
-                   identity["backend"], identity["model"], identity.get("adapter"), error)
+                   identity["backend"], identity["model"], identity.get("adapter"), error, identity.get("decision_rule"))
         self._queue.put((request, text_rows))
 
     def flush(self, timeout: float = 30.0) -> bool:
