@@ -26,7 +26,7 @@ from .runinfo import environment
 from .sft_data import ListDataset, PackedPrefixCollator, PaddingCollator, completion_loss, encode_rows
 
 # The Trainer logs written as training curves (dvclive): train/eval loss, learning rate, gradient norm.
-CURVES = ("loss", "eval_loss", "learning_rate", "grad_norm")
+CURVES = ("loss", "eval_loss", "learning_rate", "grad_norm", "peak_rss_mb")
 
 
 # -------------------------------------------------------------------------------------------- settings
@@ -141,6 +141,15 @@ def training_arguments(cfg, output_dir: str | Path, precision: str, has_eval: bo
 
 
 # ------------------------------------------------------------------------------------------ the Trainer
+class PeakMemory(TrainerCallback):
+    """Adds the process's peak RSS so far to every log (train and dev-loss steps): the curve shows which phase
+    (loading, training steps, the first dev-loss pass, a checkpoint save) raises the stage's peak memory."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs["peak_rss_mb"] = peak_rss_mb()
+
+
 class StepLineProgress(ProgressCallback):
     """The progress bar, and one readable line per log step (instead of a raw dict)."""
 
@@ -204,7 +213,7 @@ class CountingTrainer(Trainer):
 
 
 def make_callbacks(curves_dir: Optional[Path], resume: bool) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = [StepLineProgress()]
+    callbacks: list[TrainerCallback] = [PeakMemory(), StepLineProgress()]  # PeakMemory first: the others log it
     if curves_dir is not None and distributed.is_main_process():
         from dvclive import Live
 

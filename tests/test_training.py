@@ -101,6 +101,9 @@ def test_tiny_training_run_learns_the_task_and_saves_a_loadable_adapter(cfg, tin
     assert losses[-1] < losses[0] / 2 and eval_steps == ["8", "16", "24", "32"]
     assert (tmp_path / "curves/plots/metrics/learning_rate.tsv").is_file()
     assert (tmp_path / "curves/plots/metrics/grad_norm.tsv").is_file()
+    peaks = [float(line.split("\t")[-1]) for line in
+             (tmp_path / "curves/plots/metrics/peak_rss_mb.tsv").read_text().splitlines()[1:]]
+    assert peaks and 0 < peaks[0] and peaks == sorted(peaks) and peaks[-1] <= metrics["peak_rss_mb"]
     # the run record: the resolved config, versions, hardware, threads
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["config"]["lora"]["r"] == cfg.lora.r and record["config"]["train"]["lr"] == 1e-2
