@@ -34,9 +34,9 @@ def mirror(tmp_path):
 
 @pytest.fixture
 def unpinned(task):
-    """The task with the CONAN files' sha256 unpinned: the generated files are not the upstream ones."""
+    """The task with the CONAN and MetaHate files' sha256 unpinned: the generated files are not the upstream ones."""
     cfg = config.validate(config.compose(["task=stophate"] + [f"task.extra_sources.{k}.sha256=null"
-                                                              for k in corpora.CONAN_FAMILY]))
+                                                              for k in (*corpora.CONAN_FAMILY, "metahate")]))
     return cfg.task
 
 

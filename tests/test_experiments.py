@@ -2,6 +2,8 @@
 (../shared/docs/seed-systems.md), and `lora.r` overrides work on any configuration."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -69,6 +71,7 @@ PRESETS = {
         "task.prompt.system": "", "task.max_examples": None,
         "task.targets.mode": "stop_all", "task.stop_message": "I cannot engage with this conversation.",
         "task.targets.train_sources": ["metahate"], "task.extra_sources.metahate.repo_id": "irlab-udc/metahate",
+        "task.extra_sources.metahate.kind": "hub",
         "eval.generation.temperature": 0.8, "eval.generation.top_p": 0.95, "eval.generation.max_new_tokens": 280,
         "eval.generation.max_prompts": None, "eval.generation.decodings": ["sampled", "greedy"],
         "eval.generation.sets": ["conan", "dynahate_hate", "dynahate_not_hate"],
@@ -95,6 +98,21 @@ def test_preset_pins_a_hub_revision(preset):
     cfg = config.compose([f"+experiment={preset}"])
     assert len(cfg.model.revision) == 40 and int(cfg.model.revision, 16) >= 0  # a commit sha, not a branch
     assert cfg.model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml")))
+def test_every_default_data_source_is_pinned(task):
+    """The CPU defaults download nothing that can change under them: a commit in every URL (and its sha256 where
+    it is known offline; DynaHate's v0.2.3 file is not in the mirror), or a Hub commit. (The paper's full MetaHate
+    is gated and its commit unknown offline: its preset says so.)"""
+    cfg = config.compose([f"task={task}"])
+    found = {"task.source": cfg.task.source, **{f"task.extra_sources.{k}": v for k, v in cfg.task.extra_sources.items()}}
+    for field, source in found.items():
+        if source.kind == "https":
+            assert re.search(r"/[0-9a-f]{40}/", source.url), field
+            assert source.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", source.sha256), field
+        elif source.kind == "hub":
+            assert re.fullmatch(r"[0-9a-f]{40}", source.revision or ""), field
 
 
 @pytest.mark.parametrize("overrides, alpha", [([], 64), (["+experiment=dynahate_llama31_8b"], 16),
