@@ -2,8 +2,9 @@
 
 Which judge is the `sources` stage's record (`model_sources.resolve_judge`):
 - `adapter`: a hatetune classifier adapter (by default the DynaHate task's) on this run's base model, with the
-  prompt it was trained with (eval.judge) and its own chat template, in score mode (`inference.classify`: the
-  most likely label, always a real one);
+  prompt it was trained with (eval.judge) and its own chat template, in score mode (`inference.classify`: always
+  a real label), through a decision rule fitted on the DynaHate dev posts as the evaluate stage fits its own
+  (eval.calibration: temperature, then a threshold on P(hate); eval.calibration.method=none: the argmax);
 - `tfidf`: the TF-IDF + logistic regression baseline (`hatetune.baseline`, eval.baseline settings) trained on the
   task's DynaHate train posts: what the baseline stage scores too.
 Either is first scored on the DynaHate test posts, its own test macro-F1 (DynaHate posts being the judge's own
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from . import baseline, evaluation, inference, models, parsing
+from . import baseline, calibration, evaluation, inference, models, parsing
 from .generation import HATEFUL_SETS, NON_HATEFUL_SETS
 from .prompts import alpaca_row
 
@@ -26,28 +27,42 @@ class Judge:
     name: str
     reason: str
     classify: Callable[[Sequence[str]], List[str]]
+    rule: Optional[dict] = None  # the adapter's decision rule, fitted on the dev posts (None: argmax / TF-IDF)
 
 
-def load(record: Mapping, cfg, base_dir: str | Path, train_rows: Sequence[Mapping], train_gold: Sequence[str]) -> Judge:
-    """The judge `record` names; `train_rows` / `train_gold`: the DynaHate train posts (the TF-IDF fallback's)."""
+def load(record: Mapping, cfg, base_dir: str | Path, train: tuple[Sequence[Mapping], Sequence[str]],
+         dev: tuple[Sequence[Mapping], Sequence[str]]) -> Judge:
+    """The judge `record` names. `train`, `dev`: (rows, gold) of the DynaHate train posts (the TF-IDF fallback
+    trains on them) and dev posts (the adapter's decision rule is fitted on them)."""
     labels = list(cfg.task.labels.names)
     if record["kind"] == "adapter":
-        j = cfg.eval.judge
+        j, fit = cfg.eval.judge, cfg.eval.calibration
         tokenizer = models.load_tokenizer(record["path"], None, padding_side="left")  # the adapter's own template
         model = models.load_model(cfg.model, base_dir, quantize=True, adapter_dir=record["path"])
         parse = parsing.get_parser("dynahate_regex", labels)
         prompt_cfg = {"format": "chat", "instruction": j.instruction, "system": j.system}
 
-        def classify(texts: Sequence[str]) -> List[str]:
+        def label_scores(texts: Sequence[str], desc: str) -> List[List[float]]:
             rows = [alpaca_row(j.instruction, text, labels[0], j.system) for text in texts]
             return inference.classify(model, tokenizer, rows, prompt_cfg, labels, parse, mode="score",
                                       batch_size=cfg.eval.batch_size, cutoff_len=cfg.train.cutoff_len,
                                       prefix_cache=cfg.eval.prefix_cache, agreement=False,
-                                      desc="judge")["predicted"]
+                                      desc=desc)["log_probs"] if texts else []
 
-        return Judge("adapter", f"classifier adapter {record['path']}", "", classify)
+        rule = None
+        if fit.method == "threshold" and dev[0]:
+            rule = calibration.fit(label_scores([r["input"] for r in dev[0]], "judge dev"), dev[1], labels,
+                                   j.hate_label, fit.objective, fit.target_precision, fit.temperature)
+
+        def classify(texts: Sequence[str]) -> List[str]:
+            scores = label_scores(texts, "judge")
+            if rule is not None:
+                return calibration.apply(rule, scores)[0]
+            return [labels[max(range(len(labels)), key=row.__getitem__)] for row in scores]
+
+        return Judge("adapter", f"classifier adapter {record['path']}", "", classify, rule)
     b = cfg.eval.baseline
-    pipeline = baseline.fit_tfidf_logreg([r["input"] for r in train_rows], train_gold, b.ngram_max, b.min_df, b.c,
+    pipeline = baseline.fit_tfidf_logreg([r["input"] for r in train[0]], train[1], b.ngram_max, b.min_df, b.c,
                                          cfg.seed)
     return Judge("tfidf", "TF-IDF + logistic regression (DynaHate train posts)", record.get("reason", ""),
                  lambda texts: baseline.predict(pipeline, texts))

@@ -62,7 +62,8 @@ def posts_file(task: str) -> Path:
 
 
 def judge_data_file(task: str, split: str) -> Path:
-    """A generation task's labelled posts for the judge (its TF-IDF fallback trains on train, is scored on test)."""
+    """A generation task's labelled posts for the judge: train (its TF-IDF fallback's), dev (the adapter judge's
+    decision rule is fitted there), test (the judge's own score)."""
     return processed_dir(task) / f"judge_{split}.jsonl"
 
 

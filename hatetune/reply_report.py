@@ -94,6 +94,10 @@ def judge_note(facts: Mapping) -> str:
     if not j:
         return "No judge results (metrics/judge.json missing)."
     why = f" (fallback: {j['fallback_reason']})" if j.get("fallback_reason") else ""
+    rule = j.get("decision_rule")
+    if rule:
+        why += (f", labelling through P({rule['positive']}) >= {rule['threshold']:g} at temperature "
+                f"{rule['temperature']:g}, fitted on {rule['dev_rows']} DynaHate dev posts")
     return (f"Hateful replies are judged by **{j['name']}**{why}: its own test macro-F1 on the held-out DynaHate "
             f"posts is **{j['test_macro_f1']:.4f}** (accuracy {j['test_accuracy']:.4f}, hate precision "
             f"{j['test_hate_precision']:.2f} / recall {j['test_hate_recall']:.2f}, n={j['test_n']}). DynaHate posts "

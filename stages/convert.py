@@ -37,7 +37,7 @@ def convert_generation(cfg) -> int:
             print(f"convert: {split}: {len(rows)} rows ({hateful} hateful)", file=sys.stderr)
         n = write_jsonl(tmp / paths.split_file(name, "test").name, targets.test_rows(posts, task))
         print(f"convert: test: {n} posts", file=sys.stderr)
-        for split in ("train", "test"):
+        for split in ("train", "dev", "test"):
             write_jsonl(tmp / paths.judge_data_file(name, split).name,
                         targets.judge_rows(posts, split, task.source.name))
     return 0

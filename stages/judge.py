@@ -1,7 +1,8 @@
 """judge: label every reply of a generation task (stophate) hateful or not, and score the judge itself.
 
 The judge is the one the sources stage recorded in models/judge/<task>.source.json (hatetune.judge): the
-classifier adapter of eval.judge.adapter_dir (by default the DynaHate task's) on this run's base model, or, when
+classifier adapter of eval.judge.adapter_dir (by default the DynaHate task's) on this run's base model, through a
+decision rule fitted on the DynaHate dev posts (eval.calibration, as the evaluate stage fits its own), or, when
 there is none, the TF-IDF + logistic regression baseline trained on the DynaHate train posts. It is scored on the
 DynaHate test posts (its own test macro-F1: DynaHate posts are the judge's own domain), then labels every distinct
 reply that the evaluate and evaluate_zeroshot stages wrote (metrics/eval/, metrics/zeroshot/).
@@ -40,9 +41,10 @@ def main(argv=None) -> int:
             print(f"judge: not applicable ({record['reason']})", file=sys.stderr)
             return 0
         labels = list(task.labels.names)
-        train_rows, train_gold = evaluation.load_rows(paths.judge_data_file(task.name, "train"), labels)
-        test_rows, test_gold = evaluation.load_rows(paths.judge_data_file(task.name, "test"), labels)
-        the_judge = judge.load(record, cfg, paths.base_model_dir(cfg.model.name), train_rows, train_gold)
+        posts = {split: evaluation.load_rows(paths.judge_data_file(task.name, split), labels)
+                 for split in ("train", "dev", "test")}
+        test_rows, test_gold = posts["test"]
+        the_judge = judge.load(record, cfg, paths.base_model_dir(cfg.model.name), posts["train"], posts["dev"])
         own = judge.own_test(the_judge, test_rows, test_gold, labels)
         replies = {}
         for name in SYSTEM_RESULTS:
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
                          "test_n": m["n"], "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"],
                          "test_hate_precision": m["per_class"][hate]["precision"],
                          "test_hate_recall": m["per_class"][hate]["recall"],
-                         "replies_judged": len(verdicts)}}
+                         "decision_rule": the_judge.rule, "replies_judged": len(verdicts)}}
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for system, decodings in replies.items():

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from hatetune import config, inference, judge, model_sources, models, parsing
+from hatetune import calibration, config, inference, judge, model_sources, models, parsing
 from hatetune.prompts import alpaca_row
 
 LABELS = ["hate", "not hate"]
@@ -56,8 +56,8 @@ def test_tfidf_judge_scores_itself_and_labels_each_distinct_reply_once(cfg):
     train = [alpaca_row("", text, label) for text, label in
              [("they are vermin", "hate"), ("vermin and rats", "hate"), ("send them back vermin", "hate"),
               ("lovely weather", "not hate"), ("a lovely day", "not hate"), ("the weather today", "not hate")]]
-    the_judge = judge.load({"kind": "tfidf", "reason": "no adapter"}, cfg, "unused", train,
-                           [r["output"] for r in train])
+    the_judge = judge.load({"kind": "tfidf", "reason": "no adapter"}, cfg, "unused",
+                           (train, [r["output"] for r in train]), ([], []))
     assert the_judge.kind == "tfidf" and the_judge.reason == "no adapter"
     test = [alpaca_row("", "vermin", "hate", id="1"), alpaca_row("", "lovely", "not hate", id="2")]
     own = judge.own_test(the_judge, test, ["hate", "not hate"], LABELS)
@@ -69,12 +69,17 @@ def test_tfidf_judge_scores_itself_and_labels_each_distinct_reply_once(cfg):
     assert verdicts == {"rats and vermin": "hate", "lovely": "not hate"} and seen == [["rats and vermin", "lovely"]]
 
 
-def test_adapter_judge_classifies_with_its_own_prompt_in_score_mode(cfg, judge_adapter, tiny_model_dir):
+def test_adapter_judge_classifies_with_its_own_prompt_through_a_dev_fitted_rule(cfg, judge_adapter, tiny_model_dir):
     record = model_sources.resolve_judge("generation", str(judge_adapter), cfg.model)
-    the_judge = judge.load(record, cfg, tiny_model_dir, [], [])
+    dev_texts = ["vermin, all of them", "a lovely walk", "rats", "my neighbours", "get out vermin", "tea time"]
+    dev_gold = ["hate", "not hate", "hate", "not hate", "hate", "not hate"]
+    dev = ([alpaca_row("", t, g) for t, g in zip(dev_texts, dev_gold)], dev_gold)
+    the_judge = judge.load(record, cfg, tiny_model_dir, ([], []), dev)
     texts = ["they are vermin", "I love my neighbourhood", "women", "the a post"]
     labels = the_judge.classify(texts)
     assert the_judge.kind == "adapter" and set(labels) <= set(LABELS)
+    rule = the_judge.rule
+    assert rule["positive"] == "hate" and rule["dev_rows"] == 6 and 0 <= rule["threshold"] <= 1
     # the same as classifying by hand with the adapter and the DynaHate task's prompt
     j = cfg.eval.judge
     model = models.load_model(cfg.model, tiny_model_dir, quantize=True, adapter_dir=judge_adapter)
@@ -83,7 +88,17 @@ def test_adapter_judge_classifies_with_its_own_prompt_in_score_mode(cfg, judge_a
     by_hand = inference.classify(model, tokenizer, rows, {"format": "chat"}, LABELS,
                                  parsing.get_parser("dynahate_regex", LABELS), mode="score", batch_size=4,
                                  cutoff_len=cfg.train.cutoff_len, agreement=False, progress=False)
-    assert labels == by_hand["predicted"]
+    assert labels == calibration.apply(rule, by_hand["log_probs"])[0]
+    # the rule is the one the evaluate stage would fit on those dev posts' scores
+    dev_rows = [alpaca_row(j.instruction, t, "hate", j.system) for t in dev_texts]
+    dev_scores = inference.classify(model, tokenizer, dev_rows, {"format": "chat"}, LABELS,
+                                    parsing.get_parser("dynahate_regex", LABELS), mode="score",
+                                    batch_size=cfg.eval.batch_size, cutoff_len=cfg.train.cutoff_len, agreement=False,
+                                    progress=False)["log_probs"]
+    assert rule == calibration.fit(dev_scores, dev_gold, LABELS, "hate")
+    # without dev posts (or with eval.calibration.method=none): the plain argmax
+    plain = judge.load(record, cfg, tiny_model_dir, ([], []), ([], []))
+    assert plain.rule is None and plain.classify(texts) == by_hand["predicted"]
 
 
 def test_the_judge_prompt_is_the_dynahate_tasks():

@@ -55,7 +55,12 @@ def test_rates_table_has_every_system_and_marked_reference_rows(cfg, facts):
 def test_judge_note_names_the_judge_and_its_own_score(facts):
     note = reply_report.judge_note(facts)
     assert "TF-IDF" in note and "0.6100" in note and "no adapter in models/adapter/dynahate" in note
-    assert "own domain" in note
+    assert "own domain" in note and "fitted on" not in note
+    facts["judge"] = {**facts["judge"], "kind": "adapter", "name": "classifier adapter models/adapter/dynahate",
+                      "fallback_reason": None, "decision_rule": {"positive": "hate", "threshold": 0.4757,
+                                                                 "temperature": 1.2806, "dev_rows": 200}}
+    note = reply_report.judge_note(facts)
+    assert "P(hate) >= 0.4757 at temperature 1.2806, fitted on 200 DynaHate dev posts" in note
 
 
 def test_examples_are_dynahate_only_under_a_content_warning(cfg, facts):
