@@ -337,6 +337,7 @@ class ExportConf:
     qtype: str = "Q8_0"  # Q8_0 | F16 | F32
     verify_rows: Optional[int] = None  # test rows scored to verify the GGUF (null: all)
     min_agreement: float = 0.9  # fail below this GGUF/merged-model label agreement (a broken export)
+    tie_margin: float = 0.25  # rows the merged model decides by more than this must agree >= 0.99, else fail
 
 
 @dataclass
@@ -575,6 +576,8 @@ def _check_rules(cfg: DictConfig) -> None:
         _positive("export.verify_rows", cfg.export.verify_rows)
     if not 0 <= cfg.export.min_agreement <= 1:
         raise ConfigError(f"must be in [0, 1], got {cfg.export.min_agreement}", field="export.min_agreement")
+    if not cfg.export.tie_margin >= 0:
+        raise ConfigError(f"must be >= 0, got {cfg.export.tie_margin}", field="export.tie_margin")
 
 
 def _check_serve(s: DictConfig) -> None:

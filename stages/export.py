@@ -11,7 +11,8 @@
 3. Verifies: loads the GGUF back with transformers and labels the test split (export.verify_rows rows; null: all)
    with the evaluate stage's prompt and decoding (in score mode, through the decision rule the evaluate stage
    fitted on dev, metrics/eval/calibration.json), and writes metrics/export.json: label agreement with the merged
-   model (target >= 0.99; below export.min_agreement the stage fails) and with metrics/eval's predictions.
+   model (target >= 0.99, a floor on the rows the merged model decides by more than export.tie_margin, which
+   rounding cannot flip; on all rows the floor is export.min_agreement) and with metrics/eval's predictions.
    A generation task (stophate) answers with replies, not labels: steps 1 and 2 only (the Modelfile's
    num_predict is eval.generation.max_new_tokens), and metrics/export.json says the labels were not verified.
 """
@@ -96,25 +97,36 @@ def main(argv=None) -> int:
                       **{k: gguf_info[k] if gguf_info else None for k in ("qtype", "bytes", "sha256", "tied")},
                       "labels_verified": labelled}
             if labelled:
-                result.update(verify.compare(exported, merged, gold, labels, evaluate_predictions(ids), rule))
-            agreement = result.get("agreement_exported_merged")
+                result.update(verify.compare(exported, merged, gold, labels, evaluate_predictions(ids), rule,
+                                             ex.tie_margin))
+            agreement, beyond_ties = result.get("agreement_exported_merged"), result.get("agreement_beyond_ties")
             if agreement is not None and agreement < ex.min_agreement:
                 raise HatetuneError(f"the GGUF's labels agree with the merged model's on only {agreement:.2%} of "
                                     f"{len(rows)} test rows (export.min_agreement {ex.min_agreement}; label score "
                                     f"error up to {result['score_abs_diff_max']}): the export is broken")
+            if beyond_ties is not None and beyond_ties < verify.TARGET_AGREEMENT:
+                raise HatetuneError(f"the GGUF's labels agree with the merged model's on only {beyond_ties:.2%} of "
+                                    f"the {result['rows_beyond_ties']} test rows it decides by more than "
+                                    f"export.tie_margin {ex.tie_margin} (target {verify.TARGET_AGREEMENT}): flips "
+                                    f"that rounding does not explain, the export is broken")
     write_json(paths.EXPORT_METRICS, result)
     if not labelled:
         print("export: a generation task: its replies are not labels, so the GGUF is not verified by labels",
               file=sys.stderr)
-    for key in ("agreement_exported_merged", "agreement_exported_evaluate", "agreement_merged_evaluate"):
+    for key in ("agreement_exported_merged", "agreement_exported_evaluate", "agreement_merged_evaluate",
+                "agreement_beyond_ties"):
         if result.get(key) is not None:
-            print(f"export: {key} = {result[key]:.4f} on {len(rows)} test rows")
+            n = result["rows_beyond_ties"] if key == "agreement_beyond_ties" else len(rows)
+            print(f"export: {key} = {result[key]:.4f} on {n} test rows")
     if result.get("flipped_rows"):
         print(f"export: {result['flipped_rows']} flipped labels, all where the merged model's label margin was "
               f"<= {result['max_merged_margin_of_flips']} (label score error: mean {result['score_abs_diff_mean']}, "
               f"max {result['score_abs_diff_max']})")
     if agreement is not None and agreement < verify.TARGET_AGREEMENT:
-        print(f"export: warning: GGUF/merged agreement below the {verify.TARGET_AGREEMENT} target", file=sys.stderr)
+        beyond = (f"met on the {result['rows_beyond_ties']} rows beyond near-ties (margin > export.tie_margin)"
+                  if result.get("agreement_beyond_ties") is not None else "no label scores to tell near-ties apart")
+        print(f"export: GGUF/merged agreement below the {verify.TARGET_AGREEMENT} target on all rows; {beyond}",
+              file=sys.stderr)
     log(f"-> {out}, {paths.EXPORT_METRICS}", start)
     return 0
 

@@ -255,5 +255,12 @@ def test_verification_tells_rounding_flips_from_agreement():
     assert found["max_merged_margin_of_flips"] == pytest.approx(0.05)
     assert found["score_abs_diff_max"] == pytest.approx(0.06) and found["agreement_merged_evaluate"] == 0.75
     assert found["agreement_exported_evaluate"] == 0.5 and found["exported"]["accuracy"] == 0.75
+    # beyond near-ties (margin > 0.25) the flip is not there: rows 0, 2, 3 agree
+    assert (found["rows_beyond_ties"], found["agreement_beyond_ties"]) == (3, 1.0)
+    broken = {**exported, "predicted": ["not hate", "not hate", "not hate", "hate"]}
+    found = verify.compare(broken, merged, ["hate"] * 4, labels, evaluated=None, tie_margin=0.25)
+    assert found["agreement_beyond_ties"] == pytest.approx(2 / 3)  # row 0 (margin 2.9) flipped: not rounding
+    found = verify.compare(exported, merged, ["hate"] * 4, labels, evaluated=None, tie_margin=5.0)
+    assert (found["rows_beyond_ties"], found["agreement_beyond_ties"]) == (0, None)
     nothing = verify.compare(None, merged, ["hate"] * 4, labels, evaluated=None)
     assert nothing["agreement_exported_merged"] is None and nothing["agreement_merged_evaluate"] is None

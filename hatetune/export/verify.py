@@ -52,16 +52,18 @@ def agreement(a: Optional[Sequence[str]], b: Optional[Sequence[str]]) -> Optiona
 
 
 def compare(exported: Optional[Mapping], merged: Mapping, gold: Sequence[str], labels: Sequence[str],
-            evaluated: Optional[Sequence[str]], rule: Optional[Mapping] = None) -> dict:
+            evaluated: Optional[Sequence[str]], rule: Optional[Mapping] = None, tie_margin: float = 0.25) -> dict:
     """`exported` / `merged`: `labeling.classify_rows` results (with log_probs) on the same rows, under `rule` (the
     decision rule both went through, None: none); `evaluated`: the evaluate stage's labels of those rows (None when
-    it did not evaluate them). Deterministic numbers only."""
+    it did not evaluate them). `agreement_beyond_ties`: the agreement on the rows the merged model decides by more
+    than `tie_margin`, where rounding cannot explain a flip. Deterministic numbers only."""
     found = {"rows": len(gold), "agreement_target": TARGET_AGREEMENT,
              "agreement_merged_evaluate": agreement(merged["predicted"], evaluated),
              "merged": label_summary(merged["predicted"], gold, labels),
              "agreement_exported_merged": None, "agreement_exported_evaluate": None, "exported": None,
              "flipped_rows": None, "max_merged_margin_of_flips": None, "score_abs_diff_mean": None,
-             "score_abs_diff_max": None}
+             "score_abs_diff_max": None, "tie_margin": tie_margin, "rows_beyond_ties": None,
+             "agreement_beyond_ties": None}
     if exported is None:
         return found
     found.update(agreement_exported_merged=agreement(exported["predicted"], merged["predicted"]),
@@ -71,7 +73,11 @@ def compare(exported: Optional[Mapping], merged: Mapping, gold: Sequence[str], l
     found["flipped_rows"] = len(flips)
     if merged.get("log_probs") and exported.get("log_probs"):
         diffs = [abs(a - b) for x, y in zip(exported["log_probs"], merged["log_probs"]) for a, b in zip(x, y)]
+        margins = [decision_margin(scores, labels, rule) for scores in merged["log_probs"]]
+        decided = [i for i, margin in enumerate(margins) if margin > tie_margin]
         found.update(score_abs_diff_mean=round(sum(diffs) / len(diffs), 4), score_abs_diff_max=round(max(diffs), 4),
-                     max_merged_margin_of_flips=round(max((decision_margin(merged["log_probs"][i], labels, rule)
-                                                               for i in flips), default=0.0), 4))
+                     max_merged_margin_of_flips=round(max((margins[i] for i in flips), default=0.0), 4),
+                     rows_beyond_ties=len(decided),
+                     agreement_beyond_ties=agreement([exported["predicted"][i] for i in decided],
+                                                     [merged["predicted"][i] for i in decided]) if decided else None)
     return found
