@@ -66,7 +66,10 @@ def _macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[st
 
 def choose_threshold(probs: np.ndarray, gold: Sequence[str], labels: Sequence[str], positive: str,
                      objective: str = "macro_f1", target_precision: float = 0.9) -> dict:
-    """The decision threshold on P(positive) for `objective`, from the dev rows' probabilities."""
+    """The decision threshold on P(positive) for `objective`, from the dev rows' probabilities: `macro_f1` (the
+    middle of the widest best plateau), `precision` (the lowest reaching `target_precision`) or `prevalence` (the
+    threshold that flags as many dev rows as are positive: a quantile of the scores, so it does not chase one
+    dev example the way a maximum of the F1 curve can)."""
     k = list(labels).index(positive)
     scores = np.unique(probs[:, k])
     # candidates between consecutive scores (and below / above all): each gives a distinct decision
@@ -79,7 +82,8 @@ def choose_threshold(probs: np.ndarray, gold: Sequence[str], labels: Sequence[st
         tp = int((flagged & is_pos).sum())
         precision = tp / flagged.sum() if flagged.any() else 1.0
         recall = tp / is_pos.sum() if is_pos.any() else 0.0
-        rows.append((float(t), _macro_f1(gold, predicted, labels), float(precision), float(recall)))
+        rows.append((float(t), _macro_f1(gold, predicted, labels), float(precision), float(recall),
+                     int(flagged.sum())))
     if objective == "precision":
         reached = [r for r in rows if r[2] >= target_precision and r[3] > 0]
         if reached:
@@ -89,9 +93,13 @@ def choose_threshold(probs: np.ndarray, gold: Sequence[str], labels: Sequence[st
         best = max(rows, key=lambda r: (r[2], r[3]))
         return {"threshold": best[0], "macro_f1": best[1], "precision": best[2], "recall": best[3],
                 "target_reached": False}
-    top = max(r[1] for r in rows)
-    plateau = [i for i, r in enumerate(rows) if r[1] >= top - 1e-12]
-    # the middle of the longest run of best thresholds: robust to one dev example
+    if objective == "prevalence":
+        gap = [abs(r[4] - int(is_pos.sum())) for r in rows]
+        plateau = [i for i, g in enumerate(gap) if g == min(gap)]
+    else:
+        top = max(r[1] for r in rows)
+        plateau = [i for i, r in enumerate(rows) if r[1] >= top - 1e-12]
+    # the middle of the longest run of best thresholds
     runs, start = [], plateau[0]
     for a, b in zip(plateau, plateau[1:] + [None]):
         if b != a + 1:

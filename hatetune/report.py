@@ -150,6 +150,11 @@ def split_sizes_table(data: Optional[Mapping]) -> str:
     return "\n".join(lines)
 
 
+# How each eval.calibration.objective chooses the threshold, in the report's words.
+OBJECTIVES = {"prevalence": "flagging as many dev posts as are positive", "macro_f1": "for the best dev macro-F1",
+              "precision": "the lowest reaching the target precision"}
+
+
 def decision_rule_section(calibrations: Mapping[str, Optional[Mapping]], dev_systems: Mapping) -> list[str]:
     """How score mode decided: each system's threshold and temperature fitted on dev, and its dev results."""
     fitted = {name: rule for name, rule in calibrations.items() if rule}
@@ -158,7 +163,7 @@ def decision_rule_section(calibrations: Mapping[str, Optional[Mapping]], dev_sys
     lines = ["### Decision rule (score mode)", "",
              "Each label's log-likelihood (answer + EOS) becomes a probability (softmax at a temperature fitted on the "
              "dev split); the positive label wins when its probability reaches a threshold chosen on dev "
-             f"({next(iter(fitted.values()))['objective'].replace('_', '-')}). The same rule labels the test split and "
+             f"({OBJECTIVES.get(next(iter(fitted.values()))['objective'], '?')}). The same rule labels the test split and "
              "the service's requests (`calibration.json` beside each system's results).", "",
              "| system | threshold on P(positive) | temperature | dev macro-F1 at the threshold |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | P({rule['positive']}) >= {rule['threshold']:.4f} | {rule['temperature']:g} | "

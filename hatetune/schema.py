@@ -212,7 +212,7 @@ class CalibrationConf:
     """The decision rule of score mode, fitted on the dev split (hatetune.calibration)."""
     method: str = "threshold"  # threshold | none (plain argmax of the label likelihoods)
     positive: Optional[str] = None  # the label the threshold is on; null: the task's first label
-    objective: str = "macro_f1"  # macro_f1 | precision (the lowest threshold reaching target_precision)
+    objective: str = "prevalence"  # prevalence | macro_f1 | precision (the lowest threshold reaching target_precision)
     target_precision: float = 0.9
     temperature: bool = True  # fit a temperature on dev so the probabilities are calibrated
 
@@ -545,7 +545,7 @@ def _check_rules(cfg: DictConfig) -> None:
     _one_of("eval.score_method", cfg.eval.score_method, ("full", "first_token"))
     cal = cfg.eval.calibration
     _one_of("eval.calibration.method", cal.method, ("none", "threshold"))
-    _one_of("eval.calibration.objective", cal.objective, ("macro_f1", "precision"))
+    _one_of("eval.calibration.objective", cal.objective, ("prevalence", "macro_f1", "precision"))
     if not 0 < cal.target_precision <= 1:
         raise ConfigError(f"must be in (0, 1], got {cal.target_precision}", field="eval.calibration.target_precision")
     if cal.positive is not None:

@@ -51,6 +51,22 @@ def test_threshold_for_macro_f1_sits_in_the_middle_of_the_best_plateau():
     assert chosen["threshold"] == pytest.approx(0.55)
 
 
+def test_threshold_for_prevalence_flags_as_many_dev_rows_as_are_positive():
+    p_hate = np.array([0.95, 0.9, 0.85, 0.8, 0.6, 0.5, 0.4, 0.2])
+    probs = np.stack([p_hate, 1 - p_hate], axis=1)
+    gold = ["hate", "not hate", "not hate", "hate", "hate", "not hate", "hate", "not hate"]  # 4 of 8
+    chosen = calibration.choose_threshold(probs, gold, LABELS, "hate", objective="prevalence")
+    assert 0.6 < chosen["threshold"] <= 0.8  # the 4 highest flagged, whatever the F1 curve does
+    assert chosen["precision"] == chosen["recall"] == 0.5
+    by_f1 = calibration.choose_threshold(probs, gold, LABELS, "hate")
+    assert by_f1["threshold"] != chosen["threshold"]
+    # ties: the flagged count closest to the positives' (here 2 or 6 of 8 can be flagged, never 4)
+    tied = np.stack([np.array([0.9, 0.9, 0.5, 0.5, 0.5, 0.5, 0.1, 0.1]), np.zeros(8)], axis=1)
+    tied[:, 1] = 1 - tied[:, 0]
+    found = calibration.choose_threshold(tied, ["hate"] * 3 + ["not hate"] * 5, LABELS, "hate", objective="prevalence")
+    assert 0.5 < found["threshold"] <= 0.9 and found["recall"] == pytest.approx(2 / 3)
+
+
 def test_threshold_for_a_target_precision_is_the_lowest_that_reaches_it():
     p_hate = np.array([0.95, 0.9, 0.85, 0.8, 0.6, 0.5, 0.4, 0.2])
     probs = np.stack([p_hate, 1 - p_hate], axis=1)

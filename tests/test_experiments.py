@@ -133,7 +133,7 @@ def test_default_is_the_cpu_recipe():
         (8, 16, 0.0, "all-linear")
     # the recipe BENCHMARKS.md chose: 512 rows x 3 epochs, packed, dev-calibrated score mode
     assert (cfg.data.max_examples.train, cfg.train.epochs, cfg.train.lr, cfg.train.packing) == \
-        (512, 3.0, 1e-3, "shared_prefix")
+        (512, 3.0, 3e-3, "shared_prefix")
     assert (cfg.eval.mode, cfg.eval.calibration.method) == ("score", "threshold")
     assert all(n is not None for n in cfg.data.max_examples.values())  # subsampled for a CPU
 

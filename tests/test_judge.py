@@ -95,7 +95,9 @@ def test_adapter_judge_classifies_with_its_own_prompt_through_a_dev_fitted_rule(
                                     parsing.get_parser("dynahate_regex", LABELS), mode="score",
                                     batch_size=cfg.eval.batch_size, cutoff_len=cfg.train.cutoff_len, agreement=False,
                                     progress=False)["log_probs"]
-    assert rule == calibration.fit(dev_scores, dev_gold, LABELS, "hate")
+    fit = cfg.eval.calibration
+    assert rule == calibration.fit(dev_scores, dev_gold, LABELS, "hate", fit.objective, fit.target_precision,
+                                   fit.temperature)
     # without dev posts (or with eval.calibration.method=none): the plain argmax
     plain = judge.load(record, cfg, tiny_model_dir, ([], []), ([], []))
     assert plain.rule is None and plain.classify(texts) == by_hand["predicted"]

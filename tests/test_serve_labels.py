@@ -20,7 +20,8 @@ from serve_support import GREEDY, LONG_POSTS, POSTS, make_adapter, serve_config,
 from support import ROOT
 
 CUTOFF = ["train.cutoff_len=96"]  # the two long posts are cut, the others fit
-MODES = {"greedy": list(GREEDY), "score": ["eval.mode=score"]}  # score: the default, calibrated on dev
+# greedy with eval.agreement: the label scores come too, so the served scores can be compared
+MODES = {"greedy": [*GREEDY, "eval.agreement=true"], "score": ["eval.mode=score"]}  # score: the default, calibrated on dev
 # dev gold labels: which dev posts are hate (the threshold fitted on them is the one under test)
 DEV_HATE = {0, 3, 5, 6, 8, 10, 11, 15}
 

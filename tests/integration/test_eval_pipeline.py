@@ -19,7 +19,8 @@ def tiny_project(project_repo, tmp_path, tiny_model_dir):
     return make_tiny_project(project_repo, tmp_path, tiny_model_dir,
                              train={"max_steps": 2, "batch_size": 4, "save_steps": 2, "logging_steps": 1,
                                     "eval_examples": 4},
-                             max_examples={"train": 16, "dev": 4, "test": 8}, eval={"batch_size": 4})
+                             max_examples={"train": 16, "dev": 4, "test": 8},
+                             eval={"batch_size": 4, "agreement": True})  # off by default: its path is tested here
 
 
 def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_project):
