@@ -612,15 +612,7 @@ def _check_generation_task(cfg: DictConfig) -> None:
         raise ConfigError("a generation task needs its targets (mode, ...)", field="task.targets")
     for key, source in task.extra_sources.items():
         _one_of("task.extra_sources", key, CORPUS_READERS)
-        _one_of(f"task.extra_sources.{key}.kind", source.kind, ("https", "hub", "local"))
-        needs = {"https": "url", "hub": "repo_id", "local": "path"}[source.kind]
-        if not source[needs]:
-            raise ConfigError(f"a {source.kind} source needs {needs}", field=f"task.extra_sources.{key}.{needs}")
-        if source.kind == "hub" and not source.revision:
-            raise ConfigError("pin a Hub dataset to a revision", field=f"task.extra_sources.{key}.revision")
-        if source.sha256 is not None and not SHA256.fullmatch(source.sha256):
-            raise ConfigError(f"{source.sha256!r} is not a sha256 (64 hexadecimal characters; quote an all-digit "
-                              "one in YAML)", field=f"task.extra_sources.{key}.sha256")
+        _check_source(f"task.extra_sources.{key}", source)
     t = task.targets
     _one_of("task.targets.mode", t.mode, TARGET_MODES)
     if not (task.stop_message or "").strip():
