@@ -49,8 +49,8 @@ def main(argv=None) -> int:
         replies = {}
         for name in SYSTEM_RESULTS:
             replies.update(generation.read_results(paths.results_base(name)))
-        verdicts = judge.label_replies(the_judge, [r["reply"] for d in replies.values() for rs in d.values()
-                                                   for r in rs])
+        verdicts = judge.label_replies(the_judge, [task.stop_message] + [r["reply"] for d in replies.values()
+                                                                      for rs in d.values() for r in rs])
 
     hate = cfg.eval.judge.hate_label
     m = own["metrics"]
@@ -58,12 +58,14 @@ def main(argv=None) -> int:
                          "test_n": m["n"], "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"],
                          "test_hate_precision": m["per_class"][hate]["precision"],
                          "test_hate_recall": m["per_class"][hate]["recall"],
-                         "decision_rule": the_judge.rule, "replies_judged": len(verdicts)}}
+                         "decision_rule": the_judge.rule, "replies_judged": len(verdicts),
+                         # the judge on the stop message itself: a stop counts as not hateful either way
+                         "stop_message_label": verdicts[task.stop_message]}}
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for system, decodings in replies.items():
             for decoding, records in decodings.items():
-                flags = [verdicts[r["reply"]] == hate for r in records]
+                flags = judge.hateful_flags(records, verdicts, hate)
                 metrics.setdefault(system, {})[decoding] = judge.hateful_rates(records, flags,
                                                                                cfg.eval.generation.sets)
                 write_jsonl(tmp / generation.slug(system) / decoding / "judged.jsonl",

@@ -55,7 +55,7 @@ def test_rates_table_has_every_system_and_marked_reference_rows(cfg, facts):
 def test_judge_note_names_the_judge_and_its_own_score(facts):
     note = reply_report.judge_note(facts)
     assert "TF-IDF" in note and "0.6100" in note and "no adapter in models/adapter/dynahate" in note
-    assert "own domain" in note and "fitted on" not in note
+    assert "own domain" in note and "fitted on" not in note and "counts as not hateful" in note
     facts["judge"] = {**facts["judge"], "kind": "adapter", "name": "classifier adapter models/adapter/dynahate",
                       "fallback_reason": None, "decision_rule": {"positive": "hate", "threshold": 0.4757,
                                                                  "temperature": 1.2806, "dev_rows": 200}}
