@@ -84,7 +84,7 @@ def test_pipeline_evaluates_reports_and_keeps_zeroshot_on_lora_change(tiny_proje
     run(["git", "commit", "-qm", "baseline run"], repo)
     exp = run(["dvc", "exp", "run", "-S", "lora.r=16"], repo, env=env)
     # judge reads the evaluate stage's output: for a classifier it only writes "not applicable"
-    assert ran_stages(exp.stdout) == ["sources", "train", "evaluate", "judge", "report", "export"], exp.stdout
+    assert ran_stages(exp.stdout) == ["sources", "train", "evaluate", "judge", "export", "report"], exp.stdout
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
     train_diff = diff.get("diff", diff)["metrics/train.json"]  # the workspace (experiment) against HEAD
     assert train_diff["trainable_params"]["new"] == 2 * train_diff["trainable_params"]["old"], train_diff
