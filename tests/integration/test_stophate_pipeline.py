@@ -105,7 +105,7 @@ def test_exp_run_task_stophate_end_to_end_then_switch_the_target_mode(stophate_p
     second = run(["dvc", "exp", "run", "-S", "task=stophate", "-S", "task.targets.mode=stop_all"], repo, env=env)
     # convert reruns (its params changed) but writes the same rows: the base systems and the judge's
     # training data are untouched
-    assert ran_stages(second.stdout) == ["sources", "convert", "replies", "train", "evaluate", "judge", "report", "export"], \
+    assert ran_stages(second.stdout) == ["sources", "convert", "replies", "train", "evaluate", "judge", "export", "report"], \
         second.stdout
     info = json.loads((repo / "data/replies/stophate/info.json").read_text())
     assert info["mode"] == "stop_all" and info["self_distilled"] == 0
