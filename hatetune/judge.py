@@ -42,23 +42,22 @@ def load(record: Mapping, cfg, base_dir: str | Path, train: tuple[Sequence[Mappi
         parse = parsing.get_parser("dynahate_regex", labels)
         prompt_cfg = {"format": "chat", "instruction": j.instruction, "system": j.system}
 
-        def label_scores(texts: Sequence[str], desc: str) -> List[List[float]]:
+        def score(texts: Sequence[str], desc: str) -> dict:
             rows = [alpaca_row(j.instruction, text, labels[0], j.system) for text in texts]
             return inference.classify(model, tokenizer, rows, prompt_cfg, labels, parse, mode="score",
                                       batch_size=cfg.eval.batch_size, cutoff_len=cfg.train.cutoff_len,
-                                      prefix_cache=cfg.eval.prefix_cache, agreement=False,
-                                      desc=desc)["log_probs"] if texts else []
+                                      prefix_cache=cfg.eval.prefix_cache, agreement=False, desc=desc)
 
         rule = None
         if fit.method == "threshold" and dev[0]:
-            rule = calibration.fit(label_scores([r["input"] for r in dev[0]], "judge dev"), dev[1], labels,
+            rule = calibration.fit(score([r["input"] for r in dev[0]], "judge dev")["log_probs"], dev[1], labels,
                                    j.hate_label, fit.objective, fit.target_precision, fit.temperature)
 
         def classify(texts: Sequence[str]) -> List[str]:
-            scores = label_scores(texts, "judge")
-            if rule is not None:
-                return calibration.apply(rule, scores)[0]
-            return [labels[max(range(len(labels)), key=row.__getitem__)] for row in scores]
+            if not texts:
+                return []
+            run = score(texts, "judge")
+            return calibration.apply(rule, run["log_probs"])[0] if rule is not None else run["predicted"]
 
         return Judge("adapter", f"classifier adapter {record['path']}", "", classify, rule)
     b = cfg.eval.baseline
