@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .errors import HatetuneError
+from .gguf_reading import fast_gguf_reading
 from .io import atomic_path, sha256_file, write_json
 
 SOURCE_FILE = "hatetune_source.json"
@@ -150,10 +151,11 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source: Optional[di
 
     gguf_path = Path(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                  trust_remote_code=trust_remote_code)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+    with fast_gguf_reading():  # see gguf_reading: transformers' own reading of the header dominates otherwise
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                      trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.bfloat16

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ..errors import HatetuneError
+from ..gguf_reading import fast_gguf_reading
 from ..io import atomic_path, sha256_file
 from ..models import contiguous_head_input
 
@@ -80,11 +81,12 @@ def llama_hparams(config) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _source_kvs(path: str, mtime_ns: int) -> tuple:
-    """(key, value, type, sub_type) of a GGUF's header, in order. Cached: parsing SmolLM2's 49k tokens and merges
-    takes 5-10 s."""
+    """(key, value, type, sub_type) of a GGUF's header, in order. Cached: `contents()` of SmolLM2's 49k tokens and
+    merges takes seconds."""
     import gguf
 
-    fields = gguf.GGUFReader(path).fields
+    with fast_gguf_reading():
+        fields = gguf.GGUFReader(path).fields
     return tuple((k, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
                  for k, f in fields.items())
 
@@ -196,10 +198,11 @@ def load_gguf(path: str | Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    with fast_gguf_reading():
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     contiguous_head_input(model)  # as models.load_model does: ~10x faster label scoring on CPU
     return model.eval(), tokenizer
