@@ -7,6 +7,7 @@ know which.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -81,9 +82,10 @@ def load_model(model_cfg, model_dir: str | Path, quantize: bool = True, adapter_
 
     quantize and model.quantization.load_in_4bit: 4-bit per `quantization_config`, other weights in the compute
     dtype; otherwise all weights in `dtype` (default bf16). `adapter_dir`: a saved PEFT adapter, trainable only
-    when `trainable`. The model is in eval mode unless `trainable`; trainable 4-bit models get the CPU guard
-    (`disable_cpu_4bit_repack`), eval-only ones keep bitsandbytes' fast (and, without gradients, correct)
-    repacked CPU kernel.
+    when `trainable`. The model is in eval mode unless `trainable`. On CPU, 4-bit layers compute through a kept
+    dequantised weight (`dequantize_once`, unless model.quantization.cpu_dequantize_once is false); trainable
+    4-bit models always get the CPU guard (`disable_cpu_4bit_repack`), and without `dequantize_once` eval-only
+    ones keep bitsandbytes' repacked CPU inference kernel.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -108,12 +110,80 @@ def load_model(model_cfg, model_dir: str | Path, quantize: bool = True, adapter_
             raise HatetuneError("no LoRA adapter here (adapter_config.json missing): run the train stage",
                                 file=str(adapter_dir))
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    if four_bit and not torch.cuda.is_available() and model_cfg.quantization.cpu_dequantize_once:
+        disable_cpu_4bit_repack(model)
+        dequantize_once(model)
     if trainable:
         model.train()
         disable_cpu_4bit_repack(model)
     else:
         model.eval()
     return model
+
+
+def dequantize_once(model) -> int:
+    """Run every 4-bit layer of `model` through one dequantised copy of its weight, kept; return how many.
+
+    On CPU, bitsandbytes computes a 4-bit layer by dequantising the whole weight to the compute dtype and then
+    calling `linear` (its gemm_4bit), at every forward, and dequantises again in the backward; the base is frozen,
+    so that is the same tensor every time. Kept once, the same operations run on the same values: logits, losses
+    and LoRA gradients are bitwise bitsandbytes' own (tests/test_models.py), training steps and label scoring run
+    faster (bench/bench_dequantize_once.py), and the base's linear weights are held once more in the compute dtype
+    (2 bytes per weight in bf16: +0.2 GB for SmolLM2-135M; `model.quantization.cpu_dequantize_once: false` for
+    bitsandbytes' own path). Evaluation then computes exactly what training computed, where bitsandbytes' repacked
+    CPU inference kernel rounds differently. Layers with a trainable bias keep bitsandbytes' forward.
+    """
+    import types
+
+    import bitsandbytes as bnb
+
+    touched = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and not (module.bias is not None and module.bias.requires_grad):
+            module.forward = types.MethodType(_dequantized_once_forward, module)
+            touched += 1
+    return touched
+
+
+def _dequantized_once_forward(self, x):
+    """bitsandbytes' `Linear4bit.forward` on its CPU path (not repacked), with the dequantised weight kept."""
+    import bitsandbytes.functional as bnbf
+    from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
+
+    fix_4bit_weight_quant_state_from_module(self)
+    if not self.compute_type_is_set:
+        self.set_compute_type(x)
+        self.compute_type_is_set = True
+    input_dtype = x.dtype
+    if self.compute_dtype is not None:
+        x = x.to(self.compute_dtype)
+    weight = self.__dict__.get("_dequantized_weight")  # a plain attribute: never in the state dict
+    if weight is None or weight.dtype != x.dtype:
+        weight = bnbf.dequantize_4bit(self.weight.data, self.weight.quant_state).to(x.dtype)
+        self.__dict__["_dequantized_weight"] = weight
+    bias = None if self.bias is None else self.bias.to(x.dtype)
+    return _frozen_linear().apply(x, weight, bias).to(input_dtype)
+
+
+@functools.cache
+def _frozen_linear():
+    """`linear` with a frozen weight and bias, whose input gradient is bitsandbytes' MatMul4Bit backward
+    (`grad_output @ weight`), so gradients match bitsandbytes' bit for bit."""
+    import torch
+
+    class FrozenLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias):
+            ctx.save_for_backward(weight)
+            return torch.nn.functional.linear(x, weight, bias)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (weight,) = ctx.saved_tensors
+            grad_x = torch.matmul(grad_output, weight.to(grad_output.dtype)) if ctx.needs_input_grad[0] else None
+            return grad_x, None, None
+
+    return FrozenLinear
 
 
 def _make_contiguous(module, args):

@@ -144,6 +144,7 @@ class QuantizationConf:
     double_quant: bool = True
     compute_dtype: str = "bfloat16"
     quant_storage: str = "uint8"
+    cpu_dequantize_once: bool = True  # on CPU: keep each 4-bit weight dequantised (hatetune.models.dequantize_once)
 
 
 @dataclass

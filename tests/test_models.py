@@ -258,6 +258,7 @@ def _relative_errors(got, expected) -> list[float]:
 
 def _quantized_lora_model(cfg, tiny_model_dir, guard: bool):
     cfg.lora.dropout = 0.0  # the same forward in both models (dropout masks would differ)
+    cfg.model.quantization.cpu_dequantize_once = False  # the trap lives in bitsandbytes' own CPU path
     model = training.attach_lora(models.load_model(cfg.model, tiny_model_dir, trainable=True, dtype="float32"), cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -309,6 +310,49 @@ def test_without_the_guard_the_gradients_are_wrong(cfg, tiny_model_dir):
     # and the guard repairs a model that was already repacked
     assert models.disable_cpu_4bit_repack(model) == 14
     assert max(_relative_errors(_lora_grads(model, batch), expected)) < 1e-2
+
+
+# ------------------------------------------------------------------------ 4-bit weights dequantised once
+def _seeded_lora_model(cfg, tiny_model_dir, once: bool):
+    cfg.lora.dropout = 0.0
+    cfg.model.quantization.cpu_dequantize_once = once
+    model = training.attach_lora(models.load_model(cfg.model, tiny_model_dir, trainable=True), cfg)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return model
+
+
+def test_dequantize_once_is_bitwise_bitsandbytes_own_cpu_path(cfg, tiny_model_dir):
+    """Kept dequantised weights change speed only: the same logits, loss and LoRA gradients to the bit as
+    bitsandbytes' own 4-bit forward and backward, in bf16, in training and in a no-grad evaluation."""
+    own = _seeded_lora_model(cfg, tiny_model_dir, once=False)
+    once = _seeded_lora_model(cfg, tiny_model_dir, once=True)
+    layers = _linear4bit_layers(once)
+    assert len(layers) == 14 and all("_dequantized_once_forward" in repr(m.forward) for m in layers)
+    assert not any("_dequantized_once_forward" in repr(m.forward) for m in _linear4bit_layers(own))
+    tok = models.load_tokenizer(tiny_model_dir, padding_side="right")
+    batch = tok(["hate not hate people", "the social media post is long"], return_tensors="pt", padding=True)
+    for step in range(2):  # the second step runs on the kept weights
+        expected, got = _lora_grads(own, batch), _lora_grads(once, batch)
+        assert len(got) == 2 * 7 * 2 and all(torch.equal(got[n], expected[n]) for n in expected), step
+    with torch.no_grad():
+        own.eval(), once.eval()
+        assert torch.equal(once(**batch).logits, own(**batch).logits)
+    # what is kept is the 4-bit weight's dequantised value, in the compute dtype, and never saved
+    kept = layers[0].__dict__["_dequantized_weight"]
+    assert kept.dtype == torch.bfloat16 and kept.shape == layers[0].weight.quant_state.shape
+    assert once.state_dict().keys() == own.state_dict().keys()
+
+
+def test_dequantize_once_off_keeps_bitsandbytes_repacked_inference_kernel(cfg, tiny_model_dir):
+    cfg.model.quantization.cpu_dequantize_once = False
+    model = models.load_model(cfg.model, tiny_model_dir)
+    assert all(m.support_avx512bf16_for_cpu for m in _linear4bit_layers(model)) == \
+        __import__("bitsandbytes").functional.has_avx512bf16()
+    assert not any("_dequantized_once_forward" in repr(m.forward) for m in _linear4bit_layers(model))
 
 
 # -------------------------------------------------------------------------------------------- real GGUF
