@@ -157,7 +157,7 @@ class StepLineProgress(ProgressCallback):
         if not state.is_world_process_zero or not logs:
             return
         shown = {k: v for k, v in logs.items() if k in CURVES}
-        if not shown:
+        if not shown.keys() - {"peak_rss_mb"}:  # the end-of-training summary carries only PeakMemory's value
             return
         text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         line = f"step {state.global_step}/{state.max_steps}  epoch {state.epoch or 0:.2f}  {text}"

@@ -278,3 +278,14 @@ def test_stage_help_is_its_docstring():
     proc = subprocess.run([sys.executable, "-m", "stages.train", "--help"], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and "QLoRA" in proc.stdout and "torchrun" in proc.stdout
+
+
+def test_step_lines_show_curves_and_skip_the_summary_that_only_carries_peak_memory(capsys):
+    from types import SimpleNamespace
+
+    progress = training.StepLineProgress()
+    state = SimpleNamespace(is_world_process_zero=True, global_step=5, max_steps=10, epoch=0.5)
+    progress.on_log(None, state, None, logs={"train_runtime": 3.0, "peak_rss_mb": 812.0})
+    assert capsys.readouterr().out == ""
+    progress.on_log(None, state, None, logs={"loss": 0.25, "peak_rss_mb": 812.0})
+    assert capsys.readouterr().out == "step 5/10  epoch 0.50  loss 0.25  peak_rss_mb 812\n"
